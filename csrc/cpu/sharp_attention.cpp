@@ -1,0 +1,200 @@
+// CPU kernels of the sharp attention operator (SPEC section 2): planes in parallel, each plane
+// gathered into a dense buffer, the mask math from csrc/common shared with the CUDA kernels.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../common/op_args.h"
+#include "../common/philox.h"
+#include "../common/sharp_mask.h"
+#include "plane_io.h"
+
+namespace sharpattn::cpu {
+namespace {
+
+// Logistic noise of one plane's HW positions, one Philox block per four positions.
+template <typename acc_t>
+void fill_noise(acc_t* noise, int64_t HW, uint64_t key, uint64_t first_counter) {
+  const int64_t groups = (HW + 3) / 4;
+  for (int64_t g = 0; g < groups; ++g) {
+    const PhiloxWords r = philox4x32_10(first_counter + static_cast<uint64_t>(g), key);
+    const int64_t j0 = 4 * g;
+    for (int64_t k = 0; k < 4 && j0 + k < HW; ++k) noise[j0 + k] = logistic_from_word<acc_t>(r.w[k]);
+  }
+}
+
+// Planes per parallel task: enough elements per task to amortise the scheduling.
+int64_t plane_grain(int64_t HW) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(HW, 1)); }
+
+template <typename acc_t>
+MaskParams<acc_t> make_params(double tau, double eps, const std::string_view mode, bool residual) {
+  return MaskParams<acc_t>{static_cast<acc_t>(1.0 / tau), static_cast<acc_t>(eps),
+                           parse_mask_mode(mode), residual};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& t,
+                                                       const c10::optional<at::Tensor>& x_opt,
+                                                       double tau, int64_t seed, int64_t offset,
+                                                       c10::string_view mode, bool residual,
+                                                       double eps, bool return_mask) {
+  check_forward_args(t, x_opt, tau);
+  const at::Tensor& x = x_opt.has_value() ? *x_opt : t;
+  const bool separate_x = x_opt.has_value();
+  const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3), HW = H * W;
+  const auto acc_dtype = t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor out = at::empty_like(t);
+  at::Tensor mask = return_mask ? at::empty_like(t) : at::empty({0}, t.options());
+  at::Tensor stats = at::empty({N, C, 2}, t.options().dtype(acc_dtype));
+  if (N * C == 0 || HW == 0) return {out, mask, stats.zero_()};
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "sharp_attention_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto prm = make_params<acc_t>(tau, eps, std::string_view(mode.data(), mode.size()), residual);
+    const scalar_t* t_data = t.const_data_ptr<scalar_t>();
+    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+    scalar_t* mask_data = return_mask ? mask.mutable_data_ptr<scalar_t>() : nullptr;
+    acc_t* stats_data = stats.mutable_data_ptr<acc_t>();
+    const int64_t groups = (HW + 3) / 4;
+
+    at::parallel_for(0, N * C, plane_grain(HW), [&](int64_t begin, int64_t end) {
+      // x, t (when separate), noise, output, mask: per-task scratch reused across planes.
+      std::vector<acc_t> scratch(5 * HW);
+      acc_t* xs = scratch.data();
+      acc_t* ts = separate_x ? xs + HW : xs;
+      acc_t* noise = xs + 2 * HW;
+      acc_t* fs = xs + 3 * HW;
+      acc_t* ms = xs + 4 * HW;
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t n = p / C, c = p % C;
+        load_plane(plane_of(x_data, x.strides().data(), n, c), H, W, xs);
+        if (separate_x) load_plane(plane_of(t_data, t.strides().data(), n, c), H, W, ts);
+        acc_t lo = xs[0], hi = xs[0];
+        for (int64_t j = 1; j < HW; ++j) {
+          lo = std::min(lo, xs[j]);
+          hi = std::max(hi, xs[j]);
+        }
+        const PlaneRange<acc_t> range(lo, hi, prm.eps);
+        if (prm.mode != MaskMode::kMean)
+          fill_noise(noise, HW, static_cast<uint64_t>(seed),
+                     philox_counter(static_cast<uint64_t>(offset), p, groups, 0));
+        for (int64_t j = 0; j < HW; ++j) {
+          const acc_t m = mask_value(xs[j], noise[j], range, prm);
+          ms[j] = m;
+          fs[j] = gate_output(m, ts[j], prm.residual);
+        }
+        store_plane(fs, H, W, plane_of(out_data, out.strides().data(), n, c));
+        if (return_mask) store_plane(ms, H, W, plane_of(mask_data, mask.strides().data(), n, c));
+        stats_data[2 * p] = lo;
+        stats_data[2 * p + 1] = hi;
+      }
+    });
+  });
+  return {out, mask, stats};
+}
+
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& t,
+                                            const c10::optional<at::Tensor>& x_opt,
+                                            const at::Tensor& stats, double tau, int64_t seed,
+                                            int64_t offset, c10::string_view mode, bool residual,
+                                            double eps) {
+  check_forward_args(t, x_opt, tau);
+  check_same_map(t, grad_out, "grad_out");
+  check_stats(t, stats);
+  const at::Tensor& x = x_opt.has_value() ? *x_opt : t;
+  const bool separate_x = x_opt.has_value();
+  const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3), HW = H * W;
+  at::Tensor grad_t = at::empty_like(t);
+  at::Tensor grad_x = separate_x ? at::empty_like(x) : at::empty({0}, t.options());
+  if (N * C == 0 || HW == 0) return {grad_t, grad_x};
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "sharp_attention_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto prm = make_params<acc_t>(tau, eps, std::string_view(mode.data(), mode.size()), residual);
+    const scalar_t* t_data = t.const_data_ptr<scalar_t>();
+    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+    const scalar_t* g_data = grad_out.const_data_ptr<scalar_t>();
+    scalar_t* gt_data = grad_t.mutable_data_ptr<scalar_t>();
+    scalar_t* gx_data = separate_x ? grad_x.mutable_data_ptr<scalar_t>() : nullptr;
+    const acc_t* stats_data = stats.const_data_ptr<acc_t>();
+    const int64_t groups = (HW + 3) / 4;
+
+    at::parallel_for(0, N * C, plane_grain(HW), [&](int64_t begin, int64_t end) {
+      // x, t (when separate), grad_out, noise, dT, dX: per-task scratch reused across planes.
+      std::vector<acc_t> scratch(6 * HW);
+      acc_t* xs = scratch.data();
+      acc_t* ts = separate_x ? xs + HW : xs;
+      acc_t* gs = xs + 2 * HW;
+      acc_t* noise = xs + 3 * HW;
+      acc_t* dts = xs + 4 * HW;
+      acc_t* dxs = xs + 5 * HW;
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t n = p / C, c = p % C;
+        load_plane(plane_of(x_data, x.strides().data(), n, c), H, W, xs);
+        if (separate_x) load_plane(plane_of(t_data, t.strides().data(), n, c), H, W, ts);
+        load_plane(plane_of(g_data, grad_out.strides().data(), n, c), H, W, gs);
+        const PlaneRange<acc_t> range(stats_data[2 * p], stats_data[2 * p + 1], prm.eps);
+        if (prm.mode != MaskMode::kMean)
+          fill_noise(noise, HW, static_cast<uint64_t>(seed),
+                     philox_counter(static_cast<uint64_t>(offset), p, groups, 0));
+        // Pass 1: per-element derivatives, and the plane sums that reach lo and hi.
+        double sum_lo = 0, sum_hi = 0;
+        int64_t count_lo = 0, count_hi = 0;
+        for (int64_t j = 0; j < HW; ++j) {
+          const ElementGrad<acc_t> eg = element_grad(gs[j], xs[j], ts[j], noise[j], range, prm);
+          dts[j] = eg.dt;
+          dxs[j] = eg.dx_direct;
+          sum_lo += eg.dlo;
+          sum_hi += eg.dhi;
+          count_lo += xs[j] == range.lo;
+          count_hi += xs[j] == range.hi;
+        }
+        // Pass 2: the min/max gradient shared evenly among the tied elements (torch.amin rule).
+        const acc_t share_lo = count_lo ? static_cast<acc_t>(sum_lo / count_lo) : acc_t(0);
+        const acc_t share_hi = count_hi ? static_cast<acc_t>(sum_hi / count_hi) : acc_t(0);
+        for (int64_t j = 0; j < HW; ++j) {
+          dxs[j] += (xs[j] == range.lo ? share_lo : acc_t(0)) + (xs[j] == range.hi ? share_hi : acc_t(0));
+          if (!separate_x) dts[j] += dxs[j];
+        }
+        store_plane(dts, H, W, plane_of(gt_data, grad_t.strides().data(), n, c));
+        if (separate_x) store_plane(dxs, H, W, plane_of(gx_data, grad_x.strides().data(), n, c));
+      }
+    });
+  });
+  return {grad_t, grad_x};
+}
+
+void philox_uniform_out(at::Tensor& out, int64_t seed, int64_t offset) {
+  TORCH_CHECK(out.dim() == 2 && out.is_contiguous(), "sharpattn: out must be a contiguous (P, S) tensor");
+  TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble,
+              "sharpattn: philox_uniform_out writes float32 or float64");
+  const int64_t P = out.size(0), S = out.size(1), groups = (S + 3) / 4;
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "philox_uniform_out_cpu", [&] {
+    scalar_t* data = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, P * groups, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t p = i / groups, j0 = 4 * (i % groups);
+        const PhiloxWords r = philox4x32_10(
+            philox_counter(static_cast<uint64_t>(offset), p, groups, j0), static_cast<uint64_t>(seed));
+        for (int64_t k = 0; k < 4 && j0 + k < S; ++k) data[p * S + j0 + k] = uniform_from_word<scalar_t>(r.w[k]);
+      }
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sharpattn, CPU, m) {
+  m.impl("sharp_attention_forward", &forward);
+  m.impl("sharp_attention_backward", &backward);
+  m.impl("philox_uniform_out", &philox_uniform_out);
+}
+
+}  // namespace sharpattn::cpu

@@ -1,0 +1,15 @@
+"""sharpattn: fused sharp attention (SAN) and AAA-Net operators for person re-identification.
+
+    import sharpattn
+    sharpattn.functional.sharp_attention(t, tau=1.0, seed=0)
+    sharpattn.backends.available("cpu")
+    sharpattn.build_info()
+"""
+
+from . import _extension, _ops, backends, functional, reference  # noqa: F401  (_ops registers)
+from ._extension import build_info
+
+__version__ = "0.1.0"
+__all__ = ["backends", "build_info", "functional", "reference"]
+
+_extension.warn_if_broken()

@@ -1,0 +1,89 @@
+"""Loading sharpattn._C and reporting what it was built with (sharpattn.build_info)."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import torch
+
+_load_error: str | None = None
+try:
+    from . import _C  # noqa: F401  (importing runs the C++ operator registrations)
+except ImportError as error:  # not built, or built against another torch (undefined symbol)
+    _C = None
+    _load_error = f"{type(error).__name__}: {error}"
+
+try:
+    _config = importlib.import_module("sharpattn._build_config")
+except ImportError:
+    _config = None
+
+
+def compiled() -> bool:
+    """True when sharpattn._C (the C++ kernels) loaded."""
+    return _C is not None
+
+
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """Whether the compiled library registered op (e.g. 'sharp_attention_forward') for a key."""
+    return compiled() and torch._C._dispatch_has_kernel_for_dispatch_key(
+        f"sharpattn::{op}", dispatch_key)
+
+
+def _triton_status() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "not installed (pip install triton)"
+    return triton.__version__
+
+
+def build_info() -> dict:
+    """What was compiled, for which torch and CUDA, and what is wrong with it (if anything)."""
+    info = {
+        "compiled": compiled(),
+        "load_error": _load_error,
+        "cpu_kernels": has_kernel("sharp_attention_forward", "CPU"),
+        "cuda_kernels": has_kernel("sharp_attention_forward", "CUDA"),
+        "built_with_torch": getattr(_config, "torch_version", None),
+        "built_with_cuda": getattr(_config, "torch_cuda_version", None),
+        "cuda_build_note": getattr(_config, "cuda_reason", None),
+        "cuda_arch_list": getattr(_config, "cuda_arch_list", None),
+        "runtime_torch": torch.__version__,
+        "runtime_cuda": torch.version.cuda,
+        "gpu_visible": torch.cuda.is_available(),
+        "triton": _triton_status(),
+    }
+    info["problems"] = _problems(info)
+    return info
+
+
+def _major_minor(version: str | None) -> str | None:
+    return ".".join(version.split("+")[0].split(".")[:2]) if version else None
+
+
+def _problems(info: dict) -> list[str]:
+    problems = []
+    if not info["compiled"]:
+        problems.append(f"sharpattn._C did not load ({info['load_error']}); only the reference "
+                        "and Triton backends work. Rebuild with "
+                        "'pip install --no-build-isolation .' against this torch")
+    if info["built_with_torch"] and \
+            _major_minor(info["built_with_torch"]) != _major_minor(info["runtime_torch"]):
+        problems.append(f"sharpattn._C was built for torch {info['built_with_torch']} but torch "
+                        f"{info['runtime_torch']} is running; rebuild sharpattn")
+    if info["compiled"] and info["gpu_visible"] and not info["cuda_kernels"]:
+        problems.append("a GPU is visible but the CUDA kernels were not compiled "
+                        f"({info['cuda_build_note']}); the Triton or reference backend is used")
+    if info["cuda_kernels"] and info["built_with_cuda"] and info["runtime_cuda"] and \
+            info["built_with_cuda"].split(".")[0] != info["runtime_cuda"].split(".")[0]:
+        problems.append(f"the CUDA kernels were built for CUDA {info['built_with_cuda']} but torch "
+                        f"uses CUDA {info['runtime_cuda']}; rebuild sharpattn")
+    return problems
+
+
+def warn_if_broken() -> None:
+    """Import-time warning, only when something the user would rely on is missing."""
+    for problem in _problems(build_info()):
+        warnings.warn(f"sharpattn: {problem}", RuntimeWarning, stacklevel=3)
