@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import warnings
 
 import torch
@@ -25,18 +27,23 @@ def compiled() -> bool:
     return _C is not None
 
 
-def has_kernel(op: str, dispatch_key: str) -> bool:
-    """Whether the compiled library registered op (e.g. 'sharp_attention_forward') for a key."""
+def _has_kernel(dispatch_key: str) -> bool:
     return compiled() and torch._C._dispatch_has_kernel_for_dispatch_key(
-        f"sharpattn::{op}", dispatch_key)
+        "sharpattn::sharp_attention_forward", dispatch_key)
 
 
-def _triton_status() -> str:
-    try:
-        import triton
-    except ImportError:
-        return "not installed (pip install triton)"
-    return triton.__version__
+def _triton_version() -> str | None:
+    # Looked up without importing triton (slow, and not needed by CPU-only users).
+    if importlib.util.find_spec("triton") is None:
+        return None
+    return importlib.metadata.version("triton")
+
+
+# Fixed for the life of the process, and plain data so that torch.compile can read them while
+# tracing a model without a graph break.
+CPU_KERNELS = _has_kernel("CPU")
+CUDA_KERNELS = _has_kernel("CUDA")
+TRITON_VERSION = _triton_version()
 
 
 def build_info() -> dict:
@@ -44,8 +51,8 @@ def build_info() -> dict:
     info = {
         "compiled": compiled(),
         "load_error": _load_error,
-        "cpu_kernels": has_kernel("sharp_attention_forward", "CPU"),
-        "cuda_kernels": has_kernel("sharp_attention_forward", "CUDA"),
+        "cpu_kernels": CPU_KERNELS,
+        "cuda_kernels": CUDA_KERNELS,
         "built_with_torch": getattr(_config, "torch_version", None),
         "built_with_cuda": getattr(_config, "torch_cuda_version", None),
         "cuda_build_note": getattr(_config, "cuda_reason", None),
@@ -53,7 +60,7 @@ def build_info() -> dict:
         "runtime_torch": torch.__version__,
         "runtime_cuda": torch.version.cuda,
         "gpu_visible": torch.cuda.is_available(),
-        "triton": _triton_status(),
+        "triton": TRITON_VERSION or "not installed (pip install triton)",
     }
     info["problems"] = _problems(info)
     return info

@@ -10,7 +10,6 @@ overrides both.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 
 import torch
@@ -19,8 +18,9 @@ from . import _extension
 
 NAMES = ("reference", "cpu", "cuda", "triton")
 
-_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("sharpattn_backend",
-                                                                     default=None)
+# The innermost use(...) block's backend. A plain module global, not a ContextVar, so that
+# torch.compile reads it while tracing without a graph break.
+_forced: list[str] = []
 
 
 def _triton_interpreted() -> bool:
@@ -37,20 +37,20 @@ def why_unavailable(name: str, device="cpu") -> str | None:
     if name == "cpu":
         if device.type != "cpu":
             return f"the 'cpu' backend runs on CPU tensors, not {device.type}"
-        if not _extension.has_kernel("sharp_attention_forward", "CPU"):
-            return f"sharpattn._C is not built or did not load: {_extension.build_info()['problems']}"
+        if not _extension.CPU_KERNELS:
+            return ("sharpattn._C is not built or did not load; see "
+                    "sharpattn.build_info()['problems']")
         return None
     if name == "cuda":
         if device.type != "cuda":
             return f"the 'cuda' backend runs on CUDA tensors, not {device.type}"
-        if not _extension.has_kernel("sharp_attention_forward", "CUDA"):
-            note = _extension.build_info()["cuda_build_note"]
-            return f"the CUDA kernels were not compiled into sharpattn._C ({note})"
+        if not _extension.CUDA_KERNELS:
+            return ("the CUDA kernels were not compiled into sharpattn._C; see "
+                    "sharpattn.build_info()['cuda_build_note']")
         return None
     # triton
-    status = _extension.build_info()["triton"]
-    if status.startswith("not installed"):
-        return f"triton is {status}"
+    if _extension.TRITON_VERSION is None:
+        return "triton is not installed (pip install triton)"
     if device.type == "cpu" and not _triton_interpreted():
         return "Triton runs CPU tensors only in its interpreter (set TRITON_INTERPRET=1)"
     if device.type not in ("cpu", "cuda"):
@@ -82,17 +82,19 @@ def use(name: str | None):
     """Force backend `name` for the ops called inside the block (None: back to the default)."""
     if name is not None and name not in NAMES:
         raise ValueError(f"unknown backend {name!r}; choose from {NAMES}")
-    token = _forced.set(name)
+    _forced.append(name)
     try:
         yield
     finally:
-        _forced.reset(token)
+        _forced.pop()
 
 
 def resolve(name: str | None, device) -> str:
     """The backend an op call runs on: argument, then use(), then SHARPATTN_BACKEND, then default."""
-    for source, candidate in (("backend=", name), ("sharpattn.backends.use", _forced.get()),
-                              ("SHARPATTN_BACKEND", os.environ.get("SHARPATTN_BACKEND") or None)):
+    candidates = (("backend=", name),
+                  ("sharpattn.backends.use", _forced[-1] if _forced else None),
+                  ("SHARPATTN_BACKEND", os.environ.get("SHARPATTN_BACKEND") or None))
+    for source, candidate in candidates:
         if candidate is None:
             continue
         reason = why_unavailable(candidate, device)
