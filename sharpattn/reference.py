@@ -72,13 +72,14 @@ def philox_words(shape, *, seed: int, offset: int = 0, device=None) -> torch.Ten
     planes, plane_size = plane_layout(shape)
     groups = (plane_size + 3) // 4
     plane = torch.arange(planes, device=device, dtype=torch.int64).unsqueeze(1)
-    position = torch.arange(plane_size, device=device, dtype=torch.int64).unsqueeze(0)
-    # offset + p*G + j//4 in two's complement: wraps exactly like the uint64 counter.
+    group = torch.arange(groups, device=device, dtype=torch.int64).unsqueeze(0)
+    # offset + p*G + g in two's complement: wraps exactly like the uint64 counter.
     signed_offset = offset - (1 << 64) if offset >= (1 << 63) else offset
-    counter = signed_offset + plane * groups + (position >> 2)
-    words = torch.stack(philox4x32_10(counter, seed), dim=-1)
-    word = torch.gather(words, -1, (position & 3).expand(planes, plane_size).unsqueeze(-1))
-    return word.squeeze(-1).reshape(shape)
+    counter = signed_offset + plane * groups + group
+    # Position j of a plane is word j % 4 of group j // 4: the four words of each group, side
+    # by side, are the plane's positions in order.
+    words = torch.stack(philox4x32_10(counter, seed), dim=-1).reshape(planes, 4 * groups)
+    return words[:, :plane_size].reshape(shape)
 
 
 def _odd_numerators(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
