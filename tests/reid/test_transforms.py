@@ -42,10 +42,12 @@ def test_train_transform_flips_sometimes():
     img = np.zeros((128, 64, 3), np.uint8)
     img[:, :32] = 255  # left half white
     img = Image.fromarray(img)
-    t = build_train_transform(area=(1.0, 1.0), aspect=(2.0, 2.0))  # the whole image, only flips
+    # the whole image, only flips
+    t = build_train_transform(height=32, width=16, area=(1.0, 1.0), aspect=(2.0, 2.0))
     torch.manual_seed(0)
-    lefts = [float(t(img)[0, :, :64].mean() > t(img)[0, :, 64:].mean()) for _ in range(40)]
-    assert 0 < sum(lefts) < 40
+    outs = [t(img)[0] for _ in range(40)]
+    left_white = [float(x[:, :8].mean() > x[:, 8:].mean()) for x in outs]
+    assert 0 < sum(left_white) < 40
 
 
 def test_ten_crop_views():
