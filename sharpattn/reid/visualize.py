@@ -1,0 +1,72 @@
+"""A picture of ranked lists: each query followed by its top-k gallery matches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .datasets.image_dataset import read_image
+
+__all__ = ["ranked_list", "plot_ranked_lists", "COLOURS"]
+
+COLOURS = {"query": (40, 90, 220), "correct": (20, 170, 60), "wrong": (220, 30, 30)}
+
+
+def ranked_list(dist_row, q_pid, q_camid, g_pids, g_camids):
+    """Gallery indices sorted by distance, with the protocol's junk removed (same identity and
+    camera as the query, and identity -1); ties keep the gallery order."""
+    order = np.argsort(np.asarray(dist_row), kind="stable")
+    junk = ((g_pids[order] == q_pid) & (g_camids[order] == q_camid)) | (g_pids[order] == -1)
+    return order[~junk]
+
+
+def plot_ranked_lists(distmat, query, gallery, out_path, topk=10, num_queries=8, query_indices=None,
+                      seed=0, cell=(128, 64)):
+    """Draw ``num_queries`` queries (rows) and their ``topk`` gallery matches to a PNG.
+
+    ``query`` and ``gallery`` are lists of ``(path, pid, camid)``. The query has a blue frame,
+    a correct match (same identity) a green one, a wrong match a red one; under each image:
+    its rank, identity, camera and distance. Queries are ``query_indices``, or drawn with
+    ``seed``. Returns the path written.
+    """
+    d = distmat.detach().cpu().numpy() if isinstance(distmat, torch.Tensor) else np.asarray(distmat)
+    if d.shape != (len(query), len(gallery)):
+        raise ValueError(f"distmat {d.shape} does not match {len(query)} queries x {len(gallery)} gallery items")
+    g_pids = np.array([p for _, p, _ in gallery])
+    g_cams = np.array([c for _, _, c in gallery])
+    if query_indices is None:
+        rng = np.random.default_rng(seed)
+        query_indices = np.sort(rng.choice(len(query), size=min(num_queries, len(query)), replace=False))
+    ch, cw = cell
+    pad, frame, text_h, gap = 6, 4, 40, 16
+    font = ImageFont.load_default()
+    col_w = cw + 2 * pad
+    width = col_w * (topk + 1) + gap
+    row_h = ch + 2 * pad + text_h
+    canvas = Image.new("RGB", (width, row_h * len(query_indices)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+
+    def put(path, x, y, colour, lines):
+        img = read_image(path).resize((cw, ch))
+        draw.rectangle([x - frame, y - frame, x + cw + frame - 1, y + ch + frame - 1], fill=colour)
+        canvas.paste(img, (x, y))
+        for k, line in enumerate(lines):
+            draw.text((x, y + ch + frame + 1 + 11 * k), line, fill=(0, 0, 0), font=font)
+
+    for row, qi in enumerate(query_indices):
+        y = row * row_h + pad
+        qpath, qpid, qcam = query[qi]
+        put(qpath, pad, y, COLOURS["query"], ["query", f"id {qpid}", f"cam {qcam}"])
+        order = ranked_list(d[qi], qpid, qcam, g_pids, g_cams)[:topk]
+        for k, gi in enumerate(order):
+            gpath, gpid, gcam = gallery[gi]
+            colour = COLOURS["correct"] if gpid == qpid else COLOURS["wrong"]
+            x = gap + col_w * (k + 1) + pad
+            put(gpath, x, y, colour, [f"#{k + 1} id {gpid}", f"cam {gcam}", f"d={d[qi, gi]:.4g}"])
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out_path)
+    return out_path
