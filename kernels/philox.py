@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-TWO_POW_M25 = 2.98023223876953125e-08  # 2^-25, exact in float32
-COMPLEMENT_BASE = 33554431  # 2^25 - 1
+TWO_POW_M25 = tl.constexpr(2.98023223876953125e-08)  # 2^-25, exact in float32
+COMPLEMENT_BASE = tl.constexpr(33554431)  # 2^25 - 1
 UNIFORM_BLOCK = 1024  # positions per program of philox_uniform_out; a multiple of 4
 
 
