@@ -142,3 +142,18 @@ def test_gradcheck_float64(backend_device, mode, separate_x):
     else:
         inputs, fn = (t,), lambda t: F.sharp_attention(t, **kw)
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_64bit_element_offsets(backend_device):
+    # A view whose elements sit beyond 2^31 in its storage: the kernels must index with 64 bits.
+    # torch.empty does not touch the 4 GiB it reserves, so this costs almost no memory on a CPU.
+    backend, device = backend_device
+    if backend == "triton" and device == "cpu":
+        pytest.skip("Triton's interpreter copies the whole 4 GiB storage; runs on a GPU instead")
+    far = 2**31 + 7
+    storage = torch.empty(far + 64, dtype=torch.float16, device=device)
+    t = storage.as_strided((2, 2, 3, 4), (far, 12, 4, 1))  # sample 1 starts past 2^31
+    t.copy_(feature_map((2, 2, 3, 4), torch.float16, device, seed=4))
+    out = F.sharp_attention(t, tau=0.9, seed=3, backend=backend)
+    expected = F.sharp_attention(t.contiguous(), tau=0.9, seed=3, backend="reference")
+    torch.testing.assert_close(out.cpu(), expected.cpu(), **VALUE_TOL[torch.float16])
