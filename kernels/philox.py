@@ -47,7 +47,7 @@ def logistic_from_words(words, ACC: tl.constexpr):
     """L = log(u) - log(1 - u); 1 - u comes from its own numerator so it never rounds to 0."""
     k = words >> 8
     u = (2 * k + 1).to(ACC) * TWO_POW_M25
-    v = (COMPLEMENT_BASE - 2 * k).to(ACC) * TWO_POW_M25
+    v = (tl.full(k.shape, COMPLEMENT_BASE, tl.uint32) - 2 * k).to(ACC) * TWO_POW_M25
     return tl.log(u) - tl.log(v)
 
 
