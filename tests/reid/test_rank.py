@@ -201,3 +201,12 @@ def test_cuda_matches_cpu():
     got = evaluate_rank(torch.from_numpy(d).cuda(), *args)
     np.testing.assert_allclose(got["cmc"], ref["cmc"])
     assert got["mAP"] == pytest.approx(ref["mAP"], abs=1e-12)
+
+
+def test_infinite_distances_are_ordinary_values():
+    # +inf and -inf in one row make a NaN sum but are valid distances.
+    d = np.array([[np.inf, -np.inf, 0.5, np.inf]])
+    r = evaluate_rank(d, [1], [1, 2, 1, 3], [0], [1, 1, 1, 1], max_rank=4)
+    # list: -inf (wrong), 0.5 (hit), inf (hit), inf (wrong, tied: counted first)
+    assert r["mAP"] == pytest.approx((1 / 2 + 2 / 4) / 2)
+    np.testing.assert_array_equal(r["cmc"], [0, 1, 1, 1])

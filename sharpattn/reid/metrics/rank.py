@@ -61,7 +61,7 @@ def _check_labels(x, name, length, device):
 def _default_chunk(num_gallery, device):
     # Keep a chunk of the matrix around a few MB on the CPU (cache-sized passes) and larger on
     # a GPU, where the per-launch overhead dominates.
-    budget = 1 << 19 if device.type == "cpu" else 1 << 24
+    budget = 1 << 20 if device.type == "cpu" else 1 << 24
     return max(1, budget // max(1, num_gallery))
 
 
@@ -107,8 +107,6 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap_m
     g_camids = _check_labels(g_camids, "g_camids", num_g, device)
     if num_q == 0 or num_g == 0:
         raise ValueError(f"empty query or gallery: distmat has shape {tuple(distmat.shape)}")
-    if torch.isnan(distmat).any():
-        raise ValueError("distmat contains NaN")
     # float16/bfloat16 are compared in float32; float64 stays exact.
     work_dtype = torch.float64 if distmat.dtype == torch.float64 else torch.float32
 
@@ -131,6 +129,9 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap_m
         stop = min(start + chunk_size, num_q)
         b = stop - start
         d = distmat[start:stop].to(work_dtype)
+        # A sum is NaN if any entry is (or +inf meets -inf): one cheap read in the usual case.
+        if torch.isnan(d.sum()) and torch.isnan(d).any():
+            raise ValueError(f"distmat contains NaN (in query rows {start}..{stop - 1})")
         qp, qc = q_pids[start:stop], q_camids[start:stop]
         m = max(1, int(count[start:stop].max()))
 
@@ -147,28 +148,28 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap_m
         npos = is_pos.sum(1)
 
         # Wrong matches: other identities, not junk.
-        neg = (g_pids[None, :] != qp[:, None]) & g_usable[None, :]
-        # Only wrong matches up to the farthest true match can move a true match; for a trained
-        # model that is a small part of the gallery, so pack those to the front of each row and
-        # search only them.
+        # Only wrong matches (other identity, not junk) up to the farthest true match can move a
+        # true match; for a trained model that is a small part of the gallery, so only those are
+        # gathered (row-major, so grouped by query) and placed among the true matches.
         farthest = pos_d.gather(1, (npos - 1).clamp(min=0)[:, None])
         farthest = torch.where(npos[:, None] > 0, farthest, torch.full_like(farthest, -float("inf")))
-        relevant = neg & (d <= farthest)
-        num_rel = relevant.sum(1)
-        k = int(num_rel.max())
-        if k > 0:
-            packed_at = torch.where(relevant, relevant.cumsum(1) - 1, k)  # column k: discarded
-            packed = torch.full((b, k + 1), float("inf"), dtype=d.dtype, device=device)
-            packed = packed.scatter_(1, packed_at, d)[:, :k].contiguous()
+        rows, cols = (d <= farthest).nonzero(as_tuple=True)
+        # The identity test runs on this short list rather than on the whole chunk.
+        keep = ((g_pids[cols] != qp[rows]) & g_usable[cols]).nonzero().squeeze(1)
+        rows, cols = rows[keep], cols[keep]
+        hist = torch.zeros((b, m), dtype=torch.long, device=device)
+        if rows.numel():
+            num_rel = torch.bincount(rows, minlength=b)
+            k = int(num_rel.max())
+            # Pack each query's values to the front of its row for a batched search.
+            pos = torch.arange(rows.numel(), device=device) - (num_rel.cumsum(0) - num_rel)[rows]
+            packed = torch.full((b, k), float("inf"), dtype=d.dtype, device=device)
+            packed[rows, pos] = d[rows, cols]
             # Bucket i = number of true matches strictly closer, so a wrong match tied with
             # true match i is counted before it.
-            bucket = torch.searchsorted(pos_d.contiguous(), packed, right=False)
-            in_use = torch.arange(k, device=device)[None, :] < num_rel[:, None]
-            bucket = torch.where(in_use, bucket, m)  # bucket m is dropped below
-            flat = bucket + (torch.arange(b, device=device) * (m + 1))[:, None]
-            hist = torch.bincount(flat.view(-1), minlength=b * (m + 1)).view(b, m + 1)[:, :m]
-        else:
-            hist = torch.zeros((b, m), dtype=torch.long, device=device)
+            bucket = torch.searchsorted(pos_d.contiguous(), packed, right=False)[rows, pos]
+            counts = torch.bincount(rows * (m + 1) + bucket, minlength=b * (m + 1))
+            hist = counts.view(b, m + 1)[:, :m]
         # 0-based position of the j-th true match in the list with junk removed.
         ranks = slot[None, :] + hist.cumsum(1)
         valid_slot = slot[None, :] < npos[:, None]
