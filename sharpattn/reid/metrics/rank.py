@@ -18,9 +18,10 @@ nothing; with degenerate features (a collapsed model giving every image the same
 reports the worst case instead of a score that depends on the gallery's file order.
 
 Instead of sorting every row (3,368 x 15,913 floats takes seconds on two cores), each query's
-true-match distances are sorted (a handful of values) and every wrong match is placed among them
-with a binary search; the rank of the j-th true match is then j plus the number of wrong matches
-placed before it. This is exact and needs only a few linear passes over the matrix.
+true-match distances are sorted (a handful of values), and the wrong matches closer than the
+farthest true match (few, for a trained model) are gathered and placed among them by binary
+search; the rank of the j-th true match is j plus the number of wrong matches placed before it.
+This is exact and reads the matrix about twice.
 """
 
 from __future__ import annotations
