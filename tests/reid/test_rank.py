@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sharpattn.reid.metrics import evaluate_rank
+from sharpattn.reid.metrics import rank as rank_module
 
 
 def brute_force(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, ap_mode):
@@ -133,7 +134,10 @@ def test_cmc_longer_than_gallery_stays_at_one():
 
 @pytest.mark.parametrize("ap_mode", ["standard", "market"])
 @pytest.mark.parametrize("chunk_size", [1, 3, None])
-def test_matches_brute_force_on_random_cases(ap_mode, chunk_size):
+@pytest.mark.parametrize("dense_above", [-1.0, 2.0], ids=["search-all", "gather"])
+def test_matches_brute_force_on_random_cases(ap_mode, chunk_size, dense_above, monkeypatch):
+    # Both ways of placing the wrong matches (whole chunk, or only the close ones) are forced.
+    monkeypatch.setattr(rank_module, "DENSE_ABOVE", dense_above)
     rng = np.random.default_rng(7)
     nq, ng = 23, 61
     # Small integer distances force many ties; pids include distractors (0) and junk (-1).

@@ -35,6 +35,9 @@ AP_MODES = ("standard", "market")
 
 # Label of junk gallery images in the official Market-1501 evaluation.
 JUNK_PID = -1
+# Above this fraction of a chunk's entries lying before a query's farthest true match, searching
+# the whole chunk beats gathering those entries.
+DENSE_ABOVE = 1 / 8
 
 
 def _as_tensor(x, name, device, dtype=None):
@@ -148,29 +151,37 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap_m
         pos_d = torch.sort(pos_d, dim=1).values
         npos = is_pos.sum(1)
 
-        # Wrong matches: other identities, not junk.
         # Only wrong matches (other identity, not junk) up to the farthest true match can move a
-        # true match; for a trained model that is a small part of the gallery, so only those are
-        # gathered (row-major, so grouped by query) and placed among the true matches.
+        # true match. For a trained model they are a small part of the gallery: gather just
+        # those. When they are many (a weak model), search the whole chunk instead.
         farthest = pos_d.gather(1, (npos - 1).clamp(min=0)[:, None])
         farthest = torch.where(npos[:, None] > 0, farthest, torch.full_like(farthest, -float("inf")))
-        rows, cols = (d <= farthest).nonzero(as_tuple=True)
-        # The identity test runs on this short list rather than on the whole chunk.
-        keep = ((g_pids[cols] != qp[rows]) & g_usable[cols]).nonzero().squeeze(1)
-        rows, cols = rows[keep], cols[keep]
-        hist = torch.zeros((b, m), dtype=torch.long, device=device)
-        if rows.numel():
-            num_rel = torch.bincount(rows, minlength=b)
-            k = int(num_rel.max())
-            # Pack each query's values to the front of its row for a batched search.
-            pos = torch.arange(rows.numel(), device=device) - (num_rel.cumsum(0) - num_rel)[rows]
-            packed = torch.full((b, k), float("inf"), dtype=d.dtype, device=device)
-            packed[rows, pos] = d[rows, cols]
+        close = d <= farthest
+        pos_d = pos_d.contiguous()
+        if int(close.sum()) > DENSE_ABOVE * close.numel():
+            close &= g_pids[None, :] != qp[:, None]
+            close &= g_usable[None, :]
             # Bucket i = number of true matches strictly closer, so a wrong match tied with
-            # true match i is counted before it.
-            bucket = torch.searchsorted(pos_d.contiguous(), packed, right=False)[rows, pos]
-            counts = torch.bincount(rows * (m + 1) + bucket, minlength=b * (m + 1))
-            hist = counts.view(b, m + 1)[:, :m]
+            # true match i is counted before it; bucket m collects what is left out.
+            bucket = torch.searchsorted(pos_d, d.contiguous(), right=False)
+            bucket = torch.where(close, bucket, m)
+            rows = torch.arange(b, device=device)[:, None]
+            counts = torch.bincount((rows * (m + 1) + bucket).view(-1), minlength=b * (m + 1))
+        else:
+            rows, cols = close.nonzero(as_tuple=True)
+            # The identity test runs on this short list rather than on the whole chunk.
+            keep = ((g_pids[cols] != qp[rows]) & g_usable[cols]).nonzero().squeeze(1)
+            rows, cols = rows[keep], cols[keep]
+            counts = torch.zeros(b * (m + 1), dtype=torch.long, device=device)
+            if rows.numel():
+                num_rel = torch.bincount(rows, minlength=b)
+                # Pack each query's values to the front of its row for a batched search.
+                pos = torch.arange(rows.numel(), device=device) - (num_rel.cumsum(0) - num_rel)[rows]
+                packed = torch.full((b, int(num_rel.max())), float("inf"), dtype=d.dtype, device=device)
+                packed[rows, pos] = d[rows, cols]
+                bucket = torch.searchsorted(pos_d, packed, right=False)[rows, pos]
+                counts = torch.bincount(rows * (m + 1) + bucket, minlength=b * (m + 1))
+        hist = counts.view(b, m + 1)[:, :m]
         # 0-based position of the j-th true match in the list with junk removed.
         ranks = slot[None, :] + hist.cumsum(1)
         valid_slot = slot[None, :] < npos[:, None]
