@@ -214,3 +214,17 @@ def test_infinite_distances_are_ordinary_values():
     # list: -inf (wrong), 0.5 (hit), inf (hit), inf (wrong, tied: counted first)
     assert r["mAP"] == pytest.approx((1 / 2 + 2 / 4) / 2)
     np.testing.assert_array_equal(r["cmc"], [0, 1, 1, 1])
+
+
+@pytest.mark.parametrize("dense_above", [-1.0, 2.0], ids=["search-all", "gather"])
+def test_non_contiguous_distmat(dense_above, monkeypatch):
+    monkeypatch.setattr(rank_module, "DENSE_ABOVE", dense_above)
+    rng = np.random.default_rng(4)
+    d = rng.random((12, 40)).astype(np.float32)
+    args = [rng.integers(0, 5, 12), rng.integers(0, 5, 40), rng.integers(0, 2, 12), rng.integers(0, 2, 40)]
+    transposed_view = torch.from_numpy(d.T.copy()).T
+    assert not transposed_view.is_contiguous()
+    got = evaluate_rank(transposed_view, *args)
+    _, mAP, mINP, _ = brute_force(d.tolist(), *args, 50, "standard")
+    assert got["mAP"] == pytest.approx(mAP, abs=1e-12)
+    assert got["mINP"] == pytest.approx(mINP, abs=1e-12)

@@ -166,7 +166,7 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap_m
             bucket = torch.searchsorted(pos_d, d.contiguous(), right=False)
             bucket = torch.where(close, bucket, m)
             rows = torch.arange(b, device=device)[:, None]
-            counts = torch.bincount((rows * (m + 1) + bucket).view(-1), minlength=b * (m + 1))
+            counts = torch.bincount((rows * (m + 1) + bucket).reshape(-1), minlength=b * (m + 1))
         else:
             rows, cols = close.nonzero(as_tuple=True)
             # The identity test runs on this short list rather than on the whole chunk.
