@@ -9,6 +9,11 @@ pass, then a pass that recomputes and writes.
 Every tensor is read and written through its own four strides (channels_last and sliced views
 need no copy), with 64-bit offsets. The noise is recomputed from (seed, offset), never stored;
 the backward reads only t, x, grad_out and the per-plane (lo, hi) statistics.
+
+Fused TV (SPEC section 2b): with return_tv the forward also gives each plane's total variation of
+A = M T, and the backward takes its gradient. A value needs its neighbours' A, which live in other
+threads' registers, so each program writes its plane's A (compute dtype) to a scratch buffer,
+waits at a block barrier, and reads the neighbours back (from cache: the plane was just written).
 """
 
 from __future__ import annotations
@@ -89,15 +94,19 @@ def _gate(m, t, RESIDUAL: tl.constexpr):
 
 
 @triton.jit
-def _element_grad(g, x, t, noise, lo, hi, denom, eps, inv_tau, MODE: tl.constexpr,
-                  RESIDUAL: tl.constexpr):
+def _element_grad(g, g_attn, x, t, noise, lo, hi, denom, eps, inv_tau, MODE: tl.constexpr,
+                  RESIDUAL: tl.constexpr, TV: tl.constexpr):
     """(dT, dX with lo and hi held fixed, contribution to dL/dlo, to dL/dhi) of each element.
 
-    Hard mode is straight-through: the value is the step, the gradient the relaxed sample's.
+    g = dL/dF, g_attn = dL/dA (A = M T, used only when TV). Hard mode is straight-through: the
+    value is the step, the gradient the relaxed sample's.
     """
     a = (x - lo) + eps
     b = (hi - x) + eps
-    g_mask = g * t
+    if TV:
+        g_mask = (g + g_attn) * t  # F and A both depend on M through a factor T
+    else:
+        g_mask = g * t
     if MODE == 1:
         m = a / denom
         q = g_mask / denom
@@ -121,22 +130,60 @@ def _element_grad(g, x, t, noise, lo, hi, denom, eps, inv_tau, MODE: tl.constexp
         dt = g * (1.0 + m)
     else:
         dt = g * m
+    if TV:
+        dt += g_attn * m
     return dt, dx, dlo, dhi
+
+
+@triton.jit
+def _tv_terms(a_plane, j, valid, W, HW):
+    """Squared differences of positions j with their lower and right neighbours (eq. 6)."""
+    j = j.to(tl.int64)
+    a = tl.load(a_plane + j, mask=valid, other=0.0)
+    has_down = valid & (j + W < HW)
+    has_right = valid & (j % W < W - 1)
+    d_down = tl.where(has_down, tl.load(a_plane + j + W, mask=has_down, other=0.0) - a, 0.0)
+    d_right = tl.where(has_right, tl.load(a_plane + j + 1, mask=has_right, other=0.0) - a, 0.0)
+    return d_down * d_down + d_right * d_right
+
+
+@triton.jit
+def _tv_grad(a_plane, j, valid, W, HW):
+    """dTV/dA at positions j (eq. 7): twice the sum of (A - neighbour) over existing neighbours."""
+    j = j.to(tl.int64)
+    w = j % W
+    a = tl.load(a_plane + j, mask=valid, other=0.0)
+    up = valid & (j >= W)
+    down = valid & (j + W < HW)
+    left = valid & (w > 0)
+    right = valid & (w < W - 1)
+    s = tl.where(up, a - tl.load(a_plane + j - W, mask=up, other=0.0), 0.0) \
+        + tl.where(down, a - tl.load(a_plane + j + W, mask=down, other=0.0), 0.0) \
+        + tl.where(left, a - tl.load(a_plane + j - 1, mask=left, other=0.0), 0.0) \
+        + tl.where(right, a - tl.load(a_plane + j + 1, mask=right, other=0.0), 0.0)
+    return 2.0 * s
 
 
 # --------------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------------
 
+@triton.jit
+def _load(ptr, n, c, j, valid, W, s0, s1, s2, s3, ACC: tl.constexpr):
+    """Positions j of plane (n, c) of a strided map, in the compute dtype (0 where not valid)."""
+    return tl.load(ptr + _plane_offsets(n, c, j, W, s0, s1, s2, s3), mask=valid,
+                   other=0.0).to(ACC)
+
+
 @triton.jit(do_not_specialize=["seed", "offset"])
 def _forward_kernel(
-    t_ptr, x_ptr, out_ptr, mask_ptr, stats_ptr,
+    t_ptr, x_ptr, out_ptr, mask_ptr, stats_ptr, tv_ptr, scratch_ptr,
     C, W, HW, G, seed, offset,
     eps_hi, eps_mid, eps_lo, itau_hi, itau_mid, itau_lo,
     ts0, ts1, ts2, ts3, xs0, xs1, xs2, xs3,
     os0, os1, os2, os3, ms0, ms1, ms2, ms3,
     ACC: tl.constexpr, MODE: tl.constexpr, RESIDUAL: tl.constexpr, SEPARATE_X: tl.constexpr,
-    WRITE_MASK: tl.constexpr, SINGLE: tl.constexpr, BLOCK: tl.constexpr,
+    WRITE_MASK: tl.constexpr, TV: tl.constexpr, SINGLE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     p = tl.program_id(0).to(tl.int64)
     n = p // C
@@ -144,18 +191,17 @@ def _forward_kernel(
     eps = _scalar(eps_hi, eps_mid, eps_lo, ACC)
     inv_tau = _scalar(itau_hi, itau_mid, itau_lo, ACC)
     first_counter = offset + p * G  # counter of the plane's first four positions
+    a_plane = scratch_ptr + p * HW  # this plane's A = M T (TV only)
     lanes = tl.arange(0, BLOCK)
 
     if SINGLE:
         valid = lanes < HW
-        x_off = _plane_offsets(n, c, lanes, W, xs0, xs1, xs2, xs3)
-        x = tl.load(x_ptr + x_off, mask=valid, other=0.0).to(ACC)
+        x = _load(x_ptr, n, c, lanes, valid, W, xs0, xs1, xs2, xs3, ACC)
         lo = tl.min(tl.where(valid, x, float("inf")), axis=0)
         hi = tl.max(tl.where(valid, x, float("-inf")), axis=0)
         x = tl.where(valid, x, lo)  # padding lanes: keep their (unused) logs finite
         if SEPARATE_X:
-            t_off = _plane_offsets(n, c, lanes, W, ts0, ts1, ts2, ts3)
-            t = tl.load(t_ptr + t_off, mask=valid, other=0.0).to(ACC)
+            t = _load(t_ptr, n, c, lanes, valid, W, ts0, ts1, ts2, ts3, ACC)
         else:
             t = x
         denom = (hi - lo) + 2 * eps
@@ -166,6 +212,10 @@ def _forward_kernel(
         if WRITE_MASK:
             m_off = _plane_offsets(n, c, lanes, W, ms0, ms1, ms2, ms3)
             tl.store(mask_ptr + m_off, m.to(mask_ptr.dtype.element_ty), mask=valid)
+        if TV:
+            tl.store(a_plane + lanes, m * t, mask=valid)
+            tl.debug_barrier()  # every thread's A is written before any neighbour is read
+            tv = tl.sum(_tv_terms(a_plane, lanes, valid, W, HW), axis=0)
     else:
         # Pass 1: lane-wise running min/max, reduced once at the end.
         lo_run = tl.full([BLOCK], float("inf"), ACC)
@@ -173,8 +223,7 @@ def _forward_kernel(
         for start in range(0, HW, BLOCK):
             j = start + lanes
             valid = j < HW
-            x = tl.load(x_ptr + _plane_offsets(n, c, j, W, xs0, xs1, xs2, xs3), mask=valid,
-                        other=0.0).to(ACC)
+            x = _load(x_ptr, n, c, j, valid, W, xs0, xs1, xs2, xs3, ACC)
             lo_run = tl.minimum(lo_run, tl.where(valid, x, float("inf")))
             hi_run = tl.maximum(hi_run, tl.where(valid, x, float("-inf")))
         lo = tl.min(lo_run, axis=0)
@@ -184,12 +233,9 @@ def _forward_kernel(
         for start in range(0, HW, BLOCK):
             j = start + lanes
             valid = j < HW
-            x = tl.load(x_ptr + _plane_offsets(n, c, j, W, xs0, xs1, xs2, xs3), mask=valid,
-                        other=0.0).to(ACC)
-            x = tl.where(valid, x, lo)
+            x = tl.where(valid, _load(x_ptr, n, c, j, valid, W, xs0, xs1, xs2, xs3, ACC), lo)
             if SEPARATE_X:
-                t = tl.load(t_ptr + _plane_offsets(n, c, j, W, ts0, ts1, ts2, ts3), mask=valid,
-                            other=0.0).to(ACC)
+                t = _load(t_ptr, n, c, j, valid, W, ts0, ts1, ts2, ts3, ACC)
             else:
                 t = x
             noise = _noise(seed, first_counter + start // 4, ACC, BLOCK, MODE)
@@ -199,8 +245,20 @@ def _forward_kernel(
             if WRITE_MASK:
                 tl.store(mask_ptr + _plane_offsets(n, c, j, W, ms0, ms1, ms2, ms3),
                          m.to(mask_ptr.dtype.element_ty), mask=valid)
+            if TV:
+                tl.store(a_plane + j, m * t, mask=valid)
+        if TV:
+            # Pass 3: TV of the plane's A, read back from the scratch buffer.
+            tl.debug_barrier()
+            tv_run = tl.zeros([BLOCK], ACC)
+            for start in range(0, HW, BLOCK):
+                j = start + lanes
+                tv_run += _tv_terms(a_plane, j, j < HW, W, HW)
+            tv = tl.sum(tv_run, axis=0)
     tl.store(stats_ptr + 2 * p, lo)
     tl.store(stats_ptr + 2 * p + 1, hi)
+    if TV:
+        tl.store(tv_ptr + p, tv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,15 +271,50 @@ def _share(total, count):
     return tl.where(count > 0, total / tl.maximum(count, 1).to(total.dtype), 0.0)
 
 
+@triton.jit
+def _tile_grad(g_ptr, t_ptr, x_ptr, a_plane, n, c, j, valid, W, HW, first_counter, seed,
+               lo, hi, denom, eps, inv_tau, gtv,
+               gs0, gs1, gs2, gs3, ts0, ts1, ts2, ts3, xs0, xs1, xs2, xs3,
+               ACC: tl.constexpr, MODE: tl.constexpr, RESIDUAL: tl.constexpr,
+               SEPARATE_X: tl.constexpr, TV: tl.constexpr, BLOCK: tl.constexpr):
+    """x and the element derivatives of BLOCK positions j (first_counter: that of j[0])."""
+    x = tl.where(valid, _load(x_ptr, n, c, j, valid, W, xs0, xs1, xs2, xs3, ACC), lo)
+    if SEPARATE_X:
+        t = _load(t_ptr, n, c, j, valid, W, ts0, ts1, ts2, ts3, ACC)
+    else:
+        t = x
+    g = _load(g_ptr, n, c, j, valid, W, gs0, gs1, gs2, gs3, ACC)
+    noise = _noise(seed, first_counter, ACC, BLOCK, MODE)
+    if TV:
+        g_attn = gtv * _tv_grad(a_plane, j, valid, W, HW)
+    else:
+        g_attn = g  # unused
+    dt, dx, dlo, dhi = _element_grad(g, g_attn, x, t, noise, lo, hi, denom, eps, inv_tau, MODE,
+                                     RESIDUAL, TV)
+    return x, dt, dx, dlo, dhi
+
+
+@triton.jit
+def _store_grads(gt_ptr, gx_ptr, n, c, j, valid, W, dt, dx,
+                 dts0, dts1, dts2, dts3, dxs0, dxs1, dxs2, dxs3, SEPARATE_X: tl.constexpr):
+    if SEPARATE_X:
+        tl.store(gx_ptr + _plane_offsets(n, c, j, W, dxs0, dxs1, dxs2, dxs3),
+                 dx.to(gx_ptr.dtype.element_ty), mask=valid)
+    else:
+        dt += dx  # x is t: both gradient paths reach t
+    tl.store(gt_ptr + _plane_offsets(n, c, j, W, dts0, dts1, dts2, dts3),
+             dt.to(gt_ptr.dtype.element_ty), mask=valid)
+
+
 @triton.jit(do_not_specialize=["seed", "offset"])
 def _backward_kernel(
-    g_ptr, t_ptr, x_ptr, stats_ptr, gt_ptr, gx_ptr,
+    g_ptr, t_ptr, x_ptr, stats_ptr, gtv_ptr, scratch_ptr, gt_ptr, gx_ptr,
     C, W, HW, G, seed, offset,
     eps_hi, eps_mid, eps_lo, itau_hi, itau_mid, itau_lo,
     gs0, gs1, gs2, gs3, ts0, ts1, ts2, ts3, xs0, xs1, xs2, xs3,
     dts0, dts1, dts2, dts3, dxs0, dxs1, dxs2, dxs3,
     ACC: tl.constexpr, MODE: tl.constexpr, RESIDUAL: tl.constexpr, SEPARATE_X: tl.constexpr,
-    SINGLE: tl.constexpr, BLOCK: tl.constexpr,
+    TV: tl.constexpr, SINGLE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     p = tl.program_id(0).to(tl.int64)
     n = p // C
@@ -232,23 +325,32 @@ def _backward_kernel(
     hi = tl.load(stats_ptr + 2 * p + 1)
     denom = (hi - lo) + 2 * eps
     first_counter = offset + p * G
+    a_plane = scratch_ptr + p * HW
     lanes = tl.arange(0, BLOCK)
+    if TV:
+        gtv = tl.load(gtv_ptr + p)
+        # dL/dA at a position needs A at its neighbours: recompute the plane's A = M T first.
+        for start in range(0, HW, BLOCK):
+            j = start + lanes
+            valid = j < HW
+            x = tl.where(valid, _load(x_ptr, n, c, j, valid, W, xs0, xs1, xs2, xs3, ACC), lo)
+            if SEPARATE_X:
+                t = _load(t_ptr, n, c, j, valid, W, ts0, ts1, ts2, ts3, ACC)
+            else:
+                t = x
+            noise = _noise(seed, first_counter + start // 4, ACC, BLOCK, MODE)
+            m = _mask_value(x, noise, lo, hi, denom, eps, inv_tau, MODE)
+            tl.store(a_plane + j, m * t, mask=valid)
+        tl.debug_barrier()
+    else:
+        gtv = lo  # unused
 
     if SINGLE:
         valid = lanes < HW
-        x = tl.load(x_ptr + _plane_offsets(n, c, lanes, W, xs0, xs1, xs2, xs3), mask=valid,
-                    other=0.0).to(ACC)
-        x = tl.where(valid, x, lo)  # padding lanes: keep their (unused) logs finite
-        if SEPARATE_X:
-            t = tl.load(t_ptr + _plane_offsets(n, c, lanes, W, ts0, ts1, ts2, ts3), mask=valid,
-                        other=0.0).to(ACC)
-        else:
-            t = x
-        g = tl.load(g_ptr + _plane_offsets(n, c, lanes, W, gs0, gs1, gs2, gs3), mask=valid,
-                    other=0.0).to(ACC)
-        noise = _noise(seed, first_counter, ACC, BLOCK, MODE)
-        dt, dx, dlo, dhi = _element_grad(g, x, t, noise, lo, hi, denom, eps, inv_tau, MODE,
-                                         RESIDUAL)
+        x, dt, dx, dlo, dhi = _tile_grad(
+            g_ptr, t_ptr, x_ptr, a_plane, n, c, lanes, valid, W, HW, first_counter, seed,
+            lo, hi, denom, eps, inv_tau, gtv, gs0, gs1, gs2, gs3, ts0, ts1, ts2, ts3,
+            xs0, xs1, xs2, xs3, ACC, MODE, RESIDUAL, SEPARATE_X, TV, BLOCK)
         at_lo = valid & (x == lo)
         at_hi = valid & (x == hi)
         share_lo = _share(tl.sum(tl.where(valid, dlo, 0.0), axis=0),
@@ -256,13 +358,8 @@ def _backward_kernel(
         share_hi = _share(tl.sum(tl.where(valid, dhi, 0.0), axis=0),
                           tl.sum(at_hi.to(tl.int32), axis=0))
         dx += tl.where(at_lo, share_lo, 0.0) + tl.where(at_hi, share_hi, 0.0)
-        if SEPARATE_X:
-            tl.store(gx_ptr + _plane_offsets(n, c, lanes, W, dxs0, dxs1, dxs2, dxs3),
-                     dx.to(gx_ptr.dtype.element_ty), mask=valid)
-        else:
-            dt += dx  # x is t: both gradient paths reach t
-        tl.store(gt_ptr + _plane_offsets(n, c, lanes, W, dts0, dts1, dts2, dts3),
-                 dt.to(gt_ptr.dtype.element_ty), mask=valid)
+        _store_grads(gt_ptr, gx_ptr, n, c, lanes, valid, W, dt, dx,
+                     dts0, dts1, dts2, dts3, dxs0, dxs1, dxs2, dxs3, SEPARATE_X)
     else:
         # Pass 1: lane-wise sums of the lo/hi contributions and tie counts.
         sum_lo = tl.zeros([BLOCK], ACC)
@@ -272,19 +369,10 @@ def _backward_kernel(
         for start in range(0, HW, BLOCK):
             j = start + lanes
             valid = j < HW
-            x = tl.load(x_ptr + _plane_offsets(n, c, j, W, xs0, xs1, xs2, xs3), mask=valid,
-                        other=0.0).to(ACC)
-            x = tl.where(valid, x, lo)
-            if SEPARATE_X:
-                t = tl.load(t_ptr + _plane_offsets(n, c, j, W, ts0, ts1, ts2, ts3), mask=valid,
-                            other=0.0).to(ACC)
-            else:
-                t = x
-            g = tl.load(g_ptr + _plane_offsets(n, c, j, W, gs0, gs1, gs2, gs3), mask=valid,
-                        other=0.0).to(ACC)
-            noise = _noise(seed, first_counter + start // 4, ACC, BLOCK, MODE)
-            dt, dx, dlo, dhi = _element_grad(g, x, t, noise, lo, hi, denom, eps, inv_tau, MODE,
-                                             RESIDUAL)
+            x, dt, dx, dlo, dhi = _tile_grad(
+                g_ptr, t_ptr, x_ptr, a_plane, n, c, j, valid, W, HW, first_counter + start // 4,
+                seed, lo, hi, denom, eps, inv_tau, gtv, gs0, gs1, gs2, gs3, ts0, ts1, ts2, ts3,
+                xs0, xs1, xs2, xs3, ACC, MODE, RESIDUAL, SEPARATE_X, TV, BLOCK)
             sum_lo += tl.where(valid, dlo, 0.0)
             sum_hi += tl.where(valid, dhi, 0.0)
             cnt_lo += (valid & (x == lo)).to(tl.int32)
@@ -295,28 +383,14 @@ def _backward_kernel(
         for start in range(0, HW, BLOCK):
             j = start + lanes
             valid = j < HW
-            x = tl.load(x_ptr + _plane_offsets(n, c, j, W, xs0, xs1, xs2, xs3), mask=valid,
-                        other=0.0).to(ACC)
-            x = tl.where(valid, x, lo)
-            if SEPARATE_X:
-                t = tl.load(t_ptr + _plane_offsets(n, c, j, W, ts0, ts1, ts2, ts3), mask=valid,
-                            other=0.0).to(ACC)
-            else:
-                t = x
-            g = tl.load(g_ptr + _plane_offsets(n, c, j, W, gs0, gs1, gs2, gs3), mask=valid,
-                        other=0.0).to(ACC)
-            noise = _noise(seed, first_counter + start // 4, ACC, BLOCK, MODE)
-            dt, dx, dlo, dhi = _element_grad(g, x, t, noise, lo, hi, denom, eps, inv_tau, MODE,
-                                             RESIDUAL)
+            x, dt, dx, dlo, dhi = _tile_grad(
+                g_ptr, t_ptr, x_ptr, a_plane, n, c, j, valid, W, HW, first_counter + start // 4,
+                seed, lo, hi, denom, eps, inv_tau, gtv, gs0, gs1, gs2, gs3, ts0, ts1, ts2, ts3,
+                xs0, xs1, xs2, xs3, ACC, MODE, RESIDUAL, SEPARATE_X, TV, BLOCK)
             dx += tl.where(valid & (x == lo), share_lo, 0.0) \
                 + tl.where(valid & (x == hi), share_hi, 0.0)
-            if SEPARATE_X:
-                tl.store(gx_ptr + _plane_offsets(n, c, j, W, dxs0, dxs1, dxs2, dxs3),
-                         dx.to(gx_ptr.dtype.element_ty), mask=valid)
-            else:
-                dt += dx
-            tl.store(gt_ptr + _plane_offsets(n, c, j, W, dts0, dts1, dts2, dts3),
-                     dt.to(gt_ptr.dtype.element_ty), mask=valid)
+            _store_grads(gt_ptr, gx_ptr, n, c, j, valid, W, dt, dx,
+                         dts0, dts1, dts2, dts3, dxs0, dxs1, dxs2, dxs3, SEPARATE_X)
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,33 +436,51 @@ def _acc(dtype: torch.dtype):
     return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
 
 
-def forward(t, x, tau, seed, offset, mode, residual, eps, return_mask):
-    """(out, mask, stats) of the sharp attention op; see sharpattn._ops for the contract."""
+def forward(t, x, tau, seed, offset, mode, residual, eps, return_mask, return_tv=None):
+    """(out, mask, stats, tv) of the sharp attention op; see sharpattn._ops for the contract.
+
+    tv is the (N, C) per-plane TV of A = M T in the compute dtype with return_tv, else empty.
+    Called without return_tv (the op's first schema) it returns (out, mask, stats).
+    """
     _check(t, x, tau, mode)
     N, C, H, W = t.shape
     acc_tl, acc_torch = _acc(t.dtype)
+    with_tv = bool(return_tv)
     out = torch.empty_like(t)
     mask = torch.empty_like(t) if return_mask else t.new_empty(0)
     stats = t.new_empty((N, C, 2), dtype=acc_torch)
+    tv = t.new_empty((N, C) if with_tv else (0,), dtype=acc_torch)
+    result = (out, mask, stats) if return_tv is None else (out, mask, stats, tv)
     HW = H * W
     if N * C == 0 or HW == 0:
-        return out, mask, stats.zero_()
+        stats.zero_()
+        tv.zero_()
+        return result
     xx = t if x is None else x
     single, block, warps = _launch_config(HW)
     mask_arg = mask if return_mask else out  # never written when WRITE_MASK is off
+    scratch = t.new_empty((N * C * HW if with_tv else 1,), dtype=acc_torch)
     _forward_kernel[(N * C,)](
-        t, xx, out, mask_arg, stats,
+        t, xx, out, mask_arg, stats, tv if with_tv else stats, scratch,
         C, W, HW, (HW + 3) // 4, seed, offset,
         *_float32_parts(eps), *_float32_parts(1.0 / tau),
         *t.stride(), *xx.stride(), *out.stride(), *mask_arg.stride(),
         ACC=acc_tl, MODE=MODES[mode], RESIDUAL=bool(residual), SEPARATE_X=x is not None,
-        WRITE_MASK=bool(return_mask), SINGLE=single, BLOCK=block, num_warps=warps,
+        WRITE_MASK=bool(return_mask), TV=with_tv, SINGLE=single, BLOCK=block, num_warps=warps,
     )
-    return out, mask, stats
+    return result
 
 
-def backward(grad_out, t, x, stats, tau, seed, offset, mode, residual, eps):
-    """(grad_t, grad_x) of the sharp attention op; grad_x is empty when x is None."""
+def backward(grad_out, *args):
+    """(grad_t, grad_x) of the sharp attention op; grad_x is empty when x is None.
+
+    Arguments: (grad_out, grad_tv, t, x, stats, tau, seed, offset, mode, residual, eps), grad_tv
+    the (N, C) gradient of the per-plane TV or None; the op's first schema, without grad_tv, is
+    accepted too.
+    """
+    if len(args) == 9:
+        args = (None,) + args
+    grad_tv, t, x, stats, tau, seed, offset, mode, residual, eps = args
     _check(t, x, tau, mode)
     N, C, H, W = t.shape
     acc_tl, acc_torch = _acc(t.dtype)
@@ -396,6 +488,11 @@ def backward(grad_out, t, x, stats, tau, seed, offset, mode, residual, eps):
         raise ValueError("sharpattn: grad_out must have the shape, dtype and device of t")
     if stats.shape != (N, C, 2) or stats.dtype != acc_torch or not stats.is_contiguous():
         raise ValueError(f"sharpattn: stats must be a contiguous (N, C, 2) {acc_torch} tensor")
+    with_tv = grad_tv is not None
+    if with_tv and (grad_tv.shape != (N, C) or grad_tv.dtype != acc_torch
+                    or not grad_tv.is_contiguous() or grad_tv.device != t.device):
+        raise ValueError(f"sharpattn: grad_tv must be a contiguous (N, C) {acc_torch} tensor "
+                         "on the device of t")
     grad_t = torch.empty_like(t)
     grad_x = torch.empty_like(x) if x is not None else t.new_empty(0)
     HW = H * W
@@ -404,12 +501,13 @@ def backward(grad_out, t, x, stats, tau, seed, offset, mode, residual, eps):
     xx = t if x is None else x
     gx = grad_x if x is not None else grad_t  # never written when x is None
     single, block, warps = _launch_config(HW)
+    scratch = t.new_empty((N * C * HW if with_tv else 1,), dtype=acc_torch)
     _backward_kernel[(N * C,)](
-        grad_out, t, xx, stats, grad_t, gx,
+        grad_out, t, xx, stats, grad_tv if with_tv else stats, scratch, grad_t, gx,
         C, W, HW, (HW + 3) // 4, seed, offset,
         *_float32_parts(eps), *_float32_parts(1.0 / tau),
         *grad_out.stride(), *t.stride(), *xx.stride(), *grad_t.stride(), *gx.stride(),
         ACC=acc_tl, MODE=MODES[mode], RESIDUAL=bool(residual), SEPARATE_X=x is not None,
-        SINGLE=single, BLOCK=block, num_warps=warps,
+        TV=with_tv, SINGLE=single, BLOCK=block, num_warps=warps,
     )
     return grad_t, grad_x
