@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .datasets.image_dataset import read_image
+from .metrics.rank import JUNK_PID
 
 __all__ = ["ranked_list", "plot_ranked_lists", "COLOURS"]
 
@@ -19,7 +20,7 @@ def ranked_list(dist_row, q_pid, q_camid, g_pids, g_camids):
     """Gallery indices sorted by distance, with the protocol's junk removed (same identity and
     camera as the query, and identity -1); ties keep the gallery order."""
     order = np.argsort(np.asarray(dist_row), kind="stable")
-    junk = ((g_pids[order] == q_pid) & (g_camids[order] == q_camid)) | (g_pids[order] == -1)
+    junk = ((g_pids[order] == q_pid) & (g_camids[order] == q_camid)) | (g_pids[order] == JUNK_PID)
     return order[~junk]
 
 

@@ -25,11 +25,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .distance import compute_distance_matrix
+
 __all__ = ["re_ranking"]
-
-
-def _sq_dist_block(a, b, b_sq):
-    return torch.addmm(a.pow(2).sum(1, keepdim=True) + b_sq, a, b.T, alpha=-2).clamp_(min=0)
 
 
 def _reciprocal(rank, k):
@@ -64,7 +62,6 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_value=0.3, block_rows=None, progress=
     n = feats.shape[0]
     if k1 + 1 > n:
         raise ValueError(f"k1={k1} needs more than {k1} images in query + gallery, got {n}")
-    sq = feats.pow(2).sum(1)
     if block_rows is None:
         block_rows = max(1, (64 << 20) // (4 * n))
     blocks = [(s, min(n, s + block_rows)) for s in range(0, n, block_rows)]
@@ -74,7 +71,7 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_value=0.3, block_rows=None, progress=
     row_max = torch.empty(n, dtype=torch.float32)
     original = torch.empty((nq, ng), dtype=torch.float32)
     for s, e in tqdm(blocks, desc="re-ranking: neighbours", disable=not progress, leave=False):
-        d = _sq_dist_block(feats[s:e], feats, sq)
+        d = compute_distance_matrix(feats[s:e], feats, "sqeuclidean")
         mx = d.max(1).values.clamp_(min=torch.finfo(torch.float32).tiny)
         row_max[s:e] = mx.cpu()
         rank[s:e] = torch.topk(d, k1 + 1, dim=1, largest=False, sorted=True).indices.cpu().numpy()
@@ -103,7 +100,8 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_value=0.3, block_rows=None, progress=
     indices = np.concatenate(expansion)
     data = np.empty(len(indices), dtype=np.float32)
     for s, e in tqdm(blocks, desc="re-ranking: weights", disable=not progress, leave=False):
-        d = (_sq_dist_block(feats[s:e], feats, sq) / row_max[s:e, None].to(feats.device)).cpu().numpy()
+        d = compute_distance_matrix(feats[s:e], feats, "sqeuclidean")
+        d = (d / row_max[s:e, None].to(d.device)).cpu().numpy()
         for i in range(s, e):
             sl = slice(indptr[i], indptr[i + 1])
             w = np.exp(-d[i - s, indices[sl]])
