@@ -40,7 +40,7 @@ JUNK_PID = -1
 DENSE_ABOVE = 1 / 8
 
 
-def _as_tensor(x, name, device, dtype=None):
+def _as_tensor(x, name, device):
     if isinstance(x, torch.Tensor):
         t = x.detach()
     else:
@@ -48,8 +48,6 @@ def _as_tensor(x, name, device, dtype=None):
             t = torch.as_tensor(np.asarray(x))
         except (TypeError, ValueError) as e:
             raise TypeError(f"{name} must be an array or tensor, got {type(x).__name__}") from e
-    if dtype is not None:
-        t = t.to(dtype)
     return t.to(device)
 
 
