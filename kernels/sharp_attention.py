@@ -436,11 +436,10 @@ def _acc(dtype: torch.dtype):
     return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
 
 
-def forward(t, x, tau, seed, offset, mode, residual, eps, return_mask, return_tv=None):
+def forward(t, x, tau, seed, offset, mode, residual, eps, return_mask, return_tv):
     """(out, mask, stats, tv) of the sharp attention op; see sharpattn._ops for the contract.
 
     tv is the (N, C) per-plane TV of A = M T in the compute dtype with return_tv, else empty.
-    Called without return_tv (the op's first schema) it returns (out, mask, stats).
     """
     _check(t, x, tau, mode)
     N, C, H, W = t.shape
@@ -450,7 +449,7 @@ def forward(t, x, tau, seed, offset, mode, residual, eps, return_mask, return_tv
     mask = torch.empty_like(t) if return_mask else t.new_empty(0)
     stats = t.new_empty((N, C, 2), dtype=acc_torch)
     tv = t.new_empty((N, C) if with_tv else (0,), dtype=acc_torch)
-    result = (out, mask, stats) if return_tv is None else (out, mask, stats, tv)
+    result = (out, mask, stats, tv)
     HW = H * W
     if N * C == 0 or HW == 0:
         stats.zero_()
@@ -471,16 +470,11 @@ def forward(t, x, tau, seed, offset, mode, residual, eps, return_mask, return_tv
     return result
 
 
-def backward(grad_out, *args):
+def backward(grad_out, grad_tv, t, x, stats, tau, seed, offset, mode, residual, eps):
     """(grad_t, grad_x) of the sharp attention op; grad_x is empty when x is None.
 
-    Arguments: (grad_out, grad_tv, t, x, stats, tau, seed, offset, mode, residual, eps), grad_tv
-    the (N, C) gradient of the per-plane TV or None; the op's first schema, without grad_tv, is
-    accepted too.
+    grad_tv is the (N, C) gradient of the per-plane TV, or None without TV.
     """
-    if len(args) == 9:
-        args = (None,) + args
-    grad_tv, t, x, stats, tau, seed, offset, mode, residual, eps = args
     _check(t, x, tau, mode)
     N, C, H, W = t.shape
     acc_tl, acc_torch = _acc(t.dtype)

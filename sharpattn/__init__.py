@@ -8,8 +8,9 @@
 
 from . import _extension, _ops, backends, functional, reference  # noqa: F401  (_ops registers)
 from ._extension import build_info
+from .modules import TVLoss
 
 __version__ = "0.1.0"
-__all__ = ["backends", "build_info", "functional", "reference"]
+__all__ = ["TVLoss", "backends", "build_info", "functional", "reference"]
 
 _extension.warn_if_broken()

@@ -7,12 +7,13 @@ import torch
 
 from . import _checks, _ops, backends, reference
 
-__all__ = ["sharp_attention", "philox_uniform"]
+__all__ = ["sharp_attention", "tv_loss", "philox_uniform"]
 
 
 def sharp_attention(t: torch.Tensor, x: torch.Tensor | None = None, *, tau: float, seed: int,
                     offset: int = 0, mode: str = "sample", residual: bool = True,
-                    eps: float = 1e-6, return_mask: bool = False, backend: str | None = None):
+                    eps: float = 1e-6, return_mask: bool = False, return_tv: bool = False,
+                    backend: str | None = None):
     """Sharp attention of SAN (SPEC section 2): F = (1 + M) * T, or M * T with residual=False.
 
     M is a mask drawn per element from the per-plane min-max normalised mask input x (t itself
@@ -22,7 +23,13 @@ def sharp_attention(t: torch.Tensor, x: torch.Tensor | None = None, *, tau: floa
     (SPEC section 1): the same on every backend, and recomputed in the backward, never stored.
     One call consumes N * C * ceil(H * W / 4) counters; the next call's offset may start there.
 
-    Returns F, or (F, M) with return_mask=True (M is detached: it carries no gradient).
+    With return_tv=True the same pass also returns the per-sample total variation (SAN eq. 6,
+    shape (N,), float32; float64 for float64 input) of the attention-aware feature A = M * T;
+    its gradient flows into t and x. The CPU and CUDA kernels compute it in the same pass, with
+    no second read of the inputs and no A in memory; the Triton kernels stage each plane's A in
+    a scratch buffer (neighbours live in other threads' registers).
+
+    Returns F; then M if return_mask (detached: it carries no gradient); then TV if return_tv.
     """
     _checks.feature_map(t, "t")
     if x is not None:
@@ -35,12 +42,30 @@ def sharp_attention(t: torch.Tensor, x: torch.Tensor | None = None, *, tau: floa
         raise ValueError(f"sharpattn: mode must be one of {reference.MODES}, got {mode!r}")
     name = backends.resolve(backend, t.device)
     if name == "reference":
-        out, mask = reference.sharp_attention(t, x, tau=tau, seed=seed, offset=offset, mode=mode,
-                                              residual=residual, eps=eps)
-        return (out, mask.detach()) if return_mask else out
-    out, mask, _ = _ops.forward_op(name)(t, x, tau, _checks.as_int64(seed), offset, mode,
-                                         bool(residual), eps, bool(return_mask))
-    return (out, mask) if return_mask else out
+        out, mask, tv = reference.sharp_attention(t, x, tau=tau, seed=seed, offset=offset,
+                                                  mode=mode, residual=residual, eps=eps,
+                                                  return_tv=return_tv)
+        mask = mask.detach()
+    else:
+        out, mask, _, tv = _ops.op("sharp_attention_forward", name)(
+            t, x, tau, _checks.as_int64(seed), offset, mode, bool(residual), eps,
+            bool(return_mask), bool(return_tv))
+        tv = tv.sum(dim=1) if return_tv else None
+    extras = ((mask,) if return_mask else ()) + ((tv,) if return_tv else ())
+    return (out,) + extras if extras else out
+
+
+def tv_loss(a: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """Total variation of SAN eq. 6 per sample: shape (N,), float32 (float64 for float64 input).
+
+    Sums the squared differences of vertical and horizontal neighbours over each sample's
+    (C, H, W); its gradient is eq. 7, 2 (D1^T D1 A_c + A_c D2 D2^T) per channel.
+    """
+    _checks.feature_map(a, "a")
+    name = backends.resolve(backend, a.device)
+    if name == "reference":
+        return reference.tv_loss(a)
+    return _ops.op("tv_per_plane", name)(a).sum(dim=1)
 
 
 def philox_uniform(shape, *, seed: int, offset: int = 0, device=None,

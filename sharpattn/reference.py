@@ -131,8 +131,9 @@ def sharp_mask(x: torch.Tensor, *, tau: float, seed: int, offset: int = 0, mode:
 
 def sharp_attention(t: torch.Tensor, x: torch.Tensor | None = None, *, tau: float, seed: int,
                     offset: int = 0, mode: str = "sample", residual: bool = True,
-                    eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """F = (1 + M) T (residual, eq. 2) or M T (eq. 1), and M; both in t's dtype.
+                    eps: float = 1e-6, return_tv: bool = False):
+    """(F, M, TV): F = (1 + M) T (residual, eq. 2) or M T (eq. 1) and M, both in t's dtype, and
+    with return_tv the per-sample total variation of A = M T (eq. 6), else None.
 
     M comes from x (or from t itself when x is None, in which case both gradient paths reach t).
     """
@@ -141,4 +142,43 @@ def sharp_attention(t: torch.Tensor, x: torch.Tensor | None = None, *, tau: floa
     x_acc = t_acc if x is None else x.to(acc)
     m = sharp_mask(x_acc, tau=tau, seed=seed, offset=offset, mode=mode, eps=eps)
     f = (1 + m) * t_acc if residual else m * t_acc
-    return f.to(t.dtype), m.to(t.dtype)
+    tv = tv_loss(m * t_acc) if return_tv else None
+    return f.to(t.dtype), m.to(t.dtype), tv
+
+
+def tv_loss(a: torch.Tensor) -> torch.Tensor:
+    """Per-sample total variation of SAN eq. 6: squared vertical and horizontal neighbour
+    differences summed over (C, H, W); shape (N,), float32 (float64 for float64 input)."""
+    a = a.to(accumulation_dtype(a.dtype))
+    vertical = (a[:, :, 1:, :] - a[:, :, :-1, :]).square().sum(dim=(1, 2, 3))
+    horizontal = (a[:, :, :, 1:] - a[:, :, :, :-1]).square().sum(dim=(1, 2, 3))
+    return vertical + horizontal
+
+
+def grid_cells(size: int, parts: int) -> list[tuple[int, int]]:
+    """[floor(i*size/parts), floor((i+1)*size/parts)) for each of the parts (SPEC section 4)."""
+    return [(i * size // parts, (i + 1) * size // parts) for i in range(parts)]
+
+
+def grid_keep_masks(height: int, width: int, grid: tuple[int, int], *, device=None,
+                    dtype=torch.float32) -> torch.Tensor:
+    """(G, H, W): keep_k is 0 inside cell k and 1 elsewhere, cells numbered row-major."""
+    gh, gw = grid
+    keep = torch.ones(gh * gw, height, width, device=device, dtype=dtype)
+    for a, (r0, r1) in enumerate(grid_cells(height, gh)):
+        for b, (c0, c1) in enumerate(grid_cells(width, gw)):
+            keep[a * gw + b, r0:r1, c0:c1] = 0
+    return keep
+
+
+def grid_occlusion(x: torch.Tensor, grid: tuple[int, int] = (4, 4)) -> torch.Tensor:
+    """(N, G, C, H, W): copy k of each sample with grid cell k set to zero (AAA-Net Alg. 1)."""
+    keep = grid_keep_masks(x.shape[2], x.shape[3], grid, device=x.device, dtype=x.dtype)
+    return x.unsqueeze(1) * keep.unsqueeze(1)
+
+
+def grid_occlusion_pool(x: torch.Tensor, grid: tuple[int, int] = (4, 4)) -> torch.Tensor:
+    """(N, G, C): the spatial mean of every occluded copy, i.e. grid_occlusion(x).mean((-2, -1)),
+    in x's dtype; computed here by materialising the copies, as the definition reads."""
+    acc = grid_occlusion(x.to(accumulation_dtype(x.dtype)), grid).mean(dim=(-2, -1))
+    return acc.to(x.dtype)

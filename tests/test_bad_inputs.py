@@ -53,10 +53,10 @@ def test_compiled_op_checks_arguments_too():
         pytest.fail("the CPU kernels should be built on every machine")
     with pytest.raises(RuntimeError, match="mode must be"):
         torch.ops.sharpattn.sharp_attention_forward(T, None, 1.0, 0, 0, "bogus", True, 1e-6,
-                                                    False)
+                                                    False, False)
     with pytest.raises(RuntimeError, match="shape of t"):
         torch.ops.sharpattn.sharp_attention_forward(T, T[:1], 1.0, 0, 0, "sample", True, 1e-6,
-                                                    False)
+                                                    False, False)
     with pytest.raises(RuntimeError, match="tau"):
         torch.ops.sharpattn.sharp_attention_forward(T, None, -1.0, 0, 0, "sample", True, 1e-6,
-                                                    False)
+                                                    False, False)

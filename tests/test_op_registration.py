@@ -22,14 +22,14 @@ def _opcheck_samples(device):
                 if x is not None:
                     x.requires_grad_()
                 yield (t, x, base["tau"], base["seed"], base["offset"], mode, base["residual"],
-                       base["eps"], layout == "contiguous")
+                       base["eps"], layout == "contiguous", mode != "hard")
 
 
 def test_opcheck(backend_device):
     backend, device = backend_device
     if backend == "reference":
         pytest.skip("the reference is eager PyTorch, not a registered op")
-    op = _ops.forward_op(backend)
+    op = _ops.op("sharp_attention_forward", backend)
     for args in _opcheck_samples(device):
         torch.library.opcheck(op, args)
 

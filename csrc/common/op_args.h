@@ -51,4 +51,14 @@ inline void check_stats(const at::Tensor& t, const at::Tensor& stats) {
               "sharpattn: stats must be float64 for float64 inputs and float32 otherwise");
 }
 
+inline void check_grad_tv(const at::Tensor& t, const at::Tensor& grad_tv) {
+  TORCH_CHECK(grad_tv.dim() == 2 && grad_tv.size(0) == t.size(0) && grad_tv.size(1) == t.size(1),
+              "sharpattn: grad_tv must have shape (N, C)");
+  TORCH_CHECK(grad_tv.is_contiguous(), "sharpattn: grad_tv must be contiguous");
+  TORCH_CHECK(grad_tv.scalar_type() ==
+                  (t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat),
+              "sharpattn: grad_tv must be float64 for float64 inputs and float32 otherwise");
+  TORCH_CHECK(grad_tv.device() == t.device(), "sharpattn: grad_tv must be on the device of t");
+}
+
 }  // namespace sharpattn

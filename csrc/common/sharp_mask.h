@@ -50,28 +50,30 @@ SA_HOST_DEVICE acc_t gate_output(acc_t m, acc_t t, bool residual) {
   return residual ? (acc_t(1) + m) * t : m * t;
 }
 
-// Derivatives of one element given dL/dF = g. The mask input x reaches the loss directly and
+// Derivatives of one element given dL/dF = g and dL/dA = g_attn, where A = M T is the
+// attention-aware feature whose total variation the fused TV penalty measures (0 without it).
+// The mask input x reaches the loss directly and
 // through the plane's lo and hi; the lo/hi parts are summed over the plane by the caller and then
 // shared evenly among the elements equal to lo (or hi), as torch.amin/amax autograd does.
 template <typename acc_t>
 struct ElementGrad {
-  acc_t dt;        // dL/dT through F = (1 + M) T only (not through the mask input)
+  acc_t dt;        // dL/dT through F and A only (not through the mask input)
   acc_t dx_direct; // dL/dX holding lo and hi fixed
   acc_t dlo;       // this element's contribution to dL/dlo
   acc_t dhi;       // this element's contribution to dL/dhi
 };
 
 template <typename acc_t>
-SA_HOST_DEVICE ElementGrad<acc_t> element_grad(acc_t g, acc_t x, acc_t t, acc_t noise,
-                                               const PlaneRange<acc_t>& r,
+SA_HOST_DEVICE ElementGrad<acc_t> element_grad(acc_t g, acc_t g_attn, acc_t x, acc_t t,
+                                               acc_t noise, const PlaneRange<acc_t>& r,
                                                const MaskParams<acc_t>& prm) {
   const acc_t a = (x - r.lo) + prm.eps;
   const acc_t b = (r.hi - x) + prm.eps;
-  const acc_t g_mask = g * t;
+  const acc_t g_mask = (g + g_attn) * t;  // F and A both depend on M through a factor T
   ElementGrad<acc_t> out;
   if (prm.mode == MaskMode::kMean) {
     const acc_t m = a / r.denom;
-    out.dt = g * (prm.residual ? acc_t(1) + m : m);
+    out.dt = g * (prm.residual ? acc_t(1) + m : m) + g_attn * m;
     const acc_t q = g_mask / r.denom;  // dL/dM / denom
     out.dx_direct = q;
     out.dlo = -q * (b / r.denom);
@@ -82,7 +84,7 @@ SA_HOST_DEVICE ElementGrad<acc_t> element_grad(acc_t g, acc_t x, acc_t t, acc_t 
   const acc_t soft = sa_sigmoid(z * prm.inv_tau);
   // Hard mode is straight-through: its forward value is the step, its gradient the soft one's.
   const acc_t m = prm.mode == MaskMode::kHard ? (z > acc_t(0) ? acc_t(1) : acc_t(0)) : soft;
-  out.dt = g * (prm.residual ? acc_t(1) + m : m);
+  out.dt = g * (prm.residual ? acc_t(1) + m : m) + g_attn * m;
   const acc_t g_z = g_mask * soft * (acc_t(1) - soft) * prm.inv_tau;  // dL/dz
   const acc_t g_a = g_z / a, g_b = g_z / b;  // z = log a - log b
   out.dx_direct = g_a + g_b;

@@ -14,6 +14,7 @@
 #include "../common/op_args.h"
 #include "../common/philox.h"
 #include "../common/sharp_mask.h"
+#include "../common/tv_stencil.h"
 #include "plane_io.h"
 
 namespace sharpattn::cpu {
@@ -39,11 +40,10 @@ MaskParams<acc_t> make_params(double tau, double eps, const std::string_view mod
                            parse_mask_mode(mode), residual};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& t,
-                                                       const c10::optional<at::Tensor>& x_opt,
-                                                       double tau, int64_t seed, int64_t offset,
-                                                       c10::string_view mode, bool residual,
-                                                       double eps, bool return_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
+    const at::Tensor& t, const c10::optional<at::Tensor>& x_opt, double tau, int64_t seed,
+    int64_t offset, c10::string_view mode, bool residual, double eps, bool return_mask,
+    bool return_tv) {
   check_forward_args(t, x_opt, tau);
   const at::Tensor& x = x_opt.has_value() ? *x_opt : t;
   const bool separate_x = x_opt.has_value();
@@ -52,7 +52,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& t,
   at::Tensor out = at::empty_like(t);
   at::Tensor mask = return_mask ? at::empty_like(t) : at::empty({0}, t.options());
   at::Tensor stats = at::empty({N, C, 2}, t.options().dtype(acc_dtype));
-  if (N * C == 0 || HW == 0) return {out, mask, stats.zero_()};
+  at::Tensor tv = return_tv ? at::empty({N, C}, t.options().dtype(acc_dtype))
+                            : at::empty({0}, t.options().dtype(acc_dtype));
+  if (N * C == 0 || HW == 0) return {out, mask, stats.zero_(), tv.zero_()};
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "sharp_attention_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -62,6 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& t,
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
     scalar_t* mask_data = return_mask ? mask.mutable_data_ptr<scalar_t>() : nullptr;
     acc_t* stats_data = stats.mutable_data_ptr<acc_t>();
+    acc_t* tv_data = return_tv ? tv.mutable_data_ptr<acc_t>() : nullptr;
     const int64_t groups = (HW + 3) / 4;
 
     at::parallel_for(0, N * C, plane_grain(HW), [&](int64_t begin, int64_t end) {
@@ -92,15 +95,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& t,
         }
         store_plane(fs, H, W, plane_of(out_data, out.strides().data(), n, c));
         if (return_mask) store_plane(ms, H, W, plane_of(mask_data, mask.strides().data(), n, c));
+        if (return_tv) {
+          // TV of the attention-aware feature A = M T, from the plane already in cache; the
+          // mask buffer becomes A (it has been written out above).
+          for (int64_t j = 0; j < HW; ++j) ms[j] *= ts[j];
+          tv_data[p] = static_cast<acc_t>(tv_plane(ms, H, W));
+        }
         stats_data[2 * p] = lo;
         stats_data[2 * p + 1] = hi;
       }
     });
   });
-  return {out, mask, stats};
+  return {out, mask, stats, tv};
 }
 
-std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& t,
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out,
+                                            const c10::optional<at::Tensor>& grad_tv_opt,
+                                            const at::Tensor& t,
                                             const c10::optional<at::Tensor>& x_opt,
                                             const at::Tensor& stats, double tau, int64_t seed,
                                             int64_t offset, c10::string_view mode, bool residual,
@@ -108,6 +119,8 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at
   check_forward_args(t, x_opt, tau);
   check_same_map(t, grad_out, "grad_out");
   check_stats(t, stats);
+  const bool with_tv = grad_tv_opt.has_value() && grad_tv_opt->defined();
+  if (with_tv) check_grad_tv(t, *grad_tv_opt);
   const at::Tensor& x = x_opt.has_value() ? *x_opt : t;
   const bool separate_x = x_opt.has_value();
   const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3), HW = H * W;
@@ -124,17 +137,19 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at
     scalar_t* gt_data = grad_t.mutable_data_ptr<scalar_t>();
     scalar_t* gx_data = separate_x ? grad_x.mutable_data_ptr<scalar_t>() : nullptr;
     const acc_t* stats_data = stats.const_data_ptr<acc_t>();
+    const acc_t* gtv_data = with_tv ? grad_tv_opt->const_data_ptr<acc_t>() : nullptr;
     const int64_t groups = (HW + 3) / 4;
 
     at::parallel_for(0, N * C, plane_grain(HW), [&](int64_t begin, int64_t end) {
-      // x, t (when separate), grad_out, noise, dT, dX: per-task scratch reused across planes.
-      std::vector<acc_t> scratch(6 * HW);
+      // x, t (when separate), grad_out, noise, dT, dX, A = M T: per-task scratch.
+      std::vector<acc_t> scratch((with_tv ? 7 : 6) * HW);
       acc_t* xs = scratch.data();
       acc_t* ts = separate_x ? xs + HW : xs;
       acc_t* gs = xs + 2 * HW;
       acc_t* noise = xs + 3 * HW;
       acc_t* dts = xs + 4 * HW;
       acc_t* dxs = xs + 5 * HW;
+      acc_t* attn = with_tv ? xs + 6 * HW : nullptr;
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / C, c = p % C;
         load_plane(plane_of(x_data, x.strides().data(), n, c), H, W, xs);
@@ -144,11 +159,17 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at
         if (prm.mode != MaskMode::kMean)
           fill_noise(noise, HW, static_cast<uint64_t>(seed),
                      philox_counter(static_cast<uint64_t>(offset), p, groups, 0));
+        // With TV, dL/dA at an element needs A at its neighbours: recompute A = M T first.
+        const acc_t gtv = with_tv ? gtv_data[p] : acc_t(0);
+        if (with_tv)
+          for (int64_t j = 0; j < HW; ++j) attn[j] = mask_value(xs[j], noise[j], range, prm) * ts[j];
         // Pass 1: per-element derivatives, and the plane sums that reach lo and hi.
         double sum_lo = 0, sum_hi = 0;
         int64_t count_lo = 0, count_hi = 0;
         for (int64_t j = 0; j < HW; ++j) {
-          const ElementGrad<acc_t> eg = element_grad(gs[j], xs[j], ts[j], noise[j], range, prm);
+          const acc_t g_attn = with_tv ? gtv * tv_grad_at(attn, j / W, j % W, H, W) : acc_t(0);
+          const ElementGrad<acc_t> eg =
+              element_grad(gs[j], g_attn, xs[j], ts[j], noise[j], range, prm);
           dts[j] = eg.dt;
           dxs[j] = eg.dx_direct;
           sum_lo += eg.dlo;

@@ -104,6 +104,39 @@ __device__ T block_all_reduce(T v, Op op) {
   return r;
 }
 
+// Total variation stencils (SAN eq. 6-7) over a plane whose values come from `get(h, w)` (a
+// shared-memory buffer, a strided global plane, or a recomputation), in the same arithmetic as
+// csrc/common/tv_stencil.h: differences in acc_t, squares summed in double.
+
+// Squared differences of (h, w) to its lower and right neighbours (those that exist).
+template <typename acc_t, typename Get>
+__device__ __forceinline__ double tv_terms_at(acc_t v, int64_t h, int64_t w, int64_t H, int64_t W,
+                                              Get&& get) {
+  double sum = 0;
+  if (h + 1 < H) {
+    const acc_t d = get(h + 1, w) - v;
+    sum += static_cast<double>(d * d);
+  }
+  if (w + 1 < W) {
+    const acc_t d = get(h, w + 1) - v;
+    sum += static_cast<double>(d * d);
+  }
+  return sum;
+}
+
+// dTV/dA at (h, w): twice the sum of (A - neighbour) over the existing neighbours, in the order
+// of tv_grad_at (so the same rounding).
+template <typename acc_t, typename Get>
+__device__ __forceinline__ acc_t tv_grad_with(acc_t v, int64_t h, int64_t w, int64_t H, int64_t W,
+                                              Get&& get) {
+  acc_t s = 0;
+  if (h > 0) s += v - get(h - 1, w);
+  if (h + 1 < H) s += v - get(h + 1, w);
+  if (w > 0) s += v - get(h, w - 1);
+  if (w + 1 < W) s += v - get(h, w + 1);
+  return acc_t(2) * s;
+}
+
 constexpr int kMaxThreads = 512;
 
 // Threads for one block working on `work` items at once: whole warps, 64 to kMaxThreads.

@@ -1,0 +1,79 @@
+// CPU kernels of the total variation penalty (SPEC section 3, SAN eq. 6-7), per (n, c) plane.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../common/op_args.h"
+#include "../common/tv_stencil.h"
+#include "plane_io.h"
+
+namespace sharpattn::cpu {
+namespace {
+
+int64_t grain(int64_t HW) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(HW, 1)); }
+
+at::ScalarType acc_dtype(const at::Tensor& a) {
+  return a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor tv_per_plane(const at::Tensor& a) {
+  check_feature_map(a, "a");
+  const int64_t N = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3), HW = H * W;
+  at::Tensor tv = at::empty({N, C}, a.options().dtype(acc_dtype(a)));
+  if (N * C == 0 || HW == 0) return tv.zero_();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "tv_per_plane_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* a_data = a.const_data_ptr<scalar_t>();
+    acc_t* tv_data = tv.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> plane(HW);
+      for (int64_t p = begin; p < end; ++p) {
+        load_plane(plane_of(a_data, a.strides().data(), p / C, p % C), H, W, plane.data());
+        tv_data[p] = static_cast<acc_t>(tv_plane(plane.data(), H, W));
+      }
+    });
+  });
+  return tv;
+}
+
+at::Tensor tv_per_plane_backward(const at::Tensor& grad, const at::Tensor& a) {
+  check_feature_map(a, "a");
+  check_grad_tv(a, grad);
+  const int64_t N = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3), HW = H * W;
+  at::Tensor grad_a = at::empty_like(a);
+  if (N * C == 0 || HW == 0) return grad_a;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "tv_per_plane_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* a_data = a.const_data_ptr<scalar_t>();
+    const acc_t* g_data = grad.const_data_ptr<acc_t>();
+    scalar_t* ga_data = grad_a.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> plane(HW), out(HW);
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t n = p / C, c = p % C;
+        load_plane(plane_of(a_data, a.strides().data(), n, c), H, W, plane.data());
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w)
+            out[h * W + w] = g_data[p] * tv_grad_at(plane.data(), h, w, H, W);
+        store_plane(out.data(), H, W, plane_of(ga_data, grad_a.strides().data(), n, c));
+      }
+    });
+  });
+  return grad_a;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sharpattn, CPU, m) {
+  m.impl("tv_per_plane", &tv_per_plane);
+  m.impl("tv_per_plane_backward", &tv_per_plane_backward);
+}
+
+}  // namespace sharpattn::cpu
