@@ -6,11 +6,12 @@
     sharpattn.build_info()
 """
 
-from . import _extension, _ops, backends, functional, reference  # noqa: F401  (_ops registers)
+# _ops and _grid_ops register the operators' fake kernels and autograd on import.
+from . import _extension, _grid_ops, _ops, backends, functional, reference  # noqa: F401
 from ._extension import build_info
-from .modules import TVLoss
+from .modules import GridOcclusion, TVLoss
 
 __version__ = "0.1.0"
-__all__ = ["TVLoss", "backends", "build_info", "functional", "reference"]
+__all__ = ["GridOcclusion", "TVLoss", "backends", "build_info", "functional", "reference"]
 
 _extension.warn_if_broken()

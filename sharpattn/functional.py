@@ -6,8 +6,10 @@ from __future__ import annotations
 import torch
 
 from . import _checks, _ops, backends, reference
+from ._grid_ops import grid_occlusion, grid_occlusion_pool
 
-__all__ = ["sharp_attention", "tv_loss", "philox_uniform"]
+__all__ = ["sharp_attention", "tv_loss", "grid_occlusion", "grid_occlusion_pool",
+           "philox_uniform"]
 
 
 def sharp_attention(t: torch.Tensor, x: torch.Tensor | None = None, *, tau: float, seed: int,

@@ -312,3 +312,16 @@ def test_compiled_ops_check_arguments_too():
     for error, call in checks:
         with pytest.raises(error, match="sharpattn"):
             call()
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_grid_occlusion_module_and_public_api(pooled):
+    import sharpattn
+    from sharpattn import functional as F
+
+    x = torch.randn(2, 3, 7, 5)
+    module = sharpattn.GridOcclusion(grid=4, pooled=pooled)
+    expected = (R.grid_occlusion_pool if pooled else R.grid_occlusion)(x, (4, 4))
+    torch.testing.assert_close(module(x), expected)
+    assert F.grid_occlusion is G.grid_occlusion and F.grid_occlusion_pool is G.grid_occlusion_pool
+    assert "grid=(4, 4)" in repr(module)

@@ -1,5 +1,6 @@
 """Drop-in nn.Modules over the sharpattn operators."""
 
 from .losses import TVLoss
+from .occlusion import GridOcclusion
 
-__all__ = ["TVLoss"]
+__all__ = ["GridOcclusion", "TVLoss"]
