@@ -174,4 +174,16 @@ void allow_dynamic_smem(Kernel kernel, size_t bytes) {
                                         static_cast<int>(bytes)));
 }
 
+// TV sums of planes split into chunks: folds each plane's per-chunk partials (doubles) in chunk
+// order, so the result is deterministic (one thread per plane).
+template <typename acc_t>
+__global__ void tv_finalize_kernel(const double* partial, int64_t P, int64_t chunks, acc_t* tv) {
+  for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < P;
+       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    double sum = 0;
+    for (int64_t k = 0; k < chunks; ++k) sum += partial[p * chunks + k];
+    tv[p] = static_cast<acc_t>(sum);
+  }
+}
+
 }  // namespace sharpattn::cuda

@@ -312,16 +312,6 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 }
 
-// Tiled path with TV: folds the chunk partials of each plane in chunk order (one thread per plane).
-template <typename acc_t>
-__global__ void tv_finalize_kernel(const double* partial, int64_t P, int64_t chunks, acc_t* tv) {
-  for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < P;
-       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    double sum = 0;
-    for (int64_t k = 0; k < chunks; ++k) sum += partial[p * chunks + k];
-    tv[p] = static_cast<acc_t>(sum);
-  }
-}
 
 // ------------------------------------------------------------------------------------------
 // Backward
