@@ -46,6 +46,7 @@ inline void check_stats(const at::Tensor& t, const at::Tensor& stats) {
                   stats.size(2) == 2,
               "sharpattn: stats must have shape (N, C, 2)");
   TORCH_CHECK(stats.is_contiguous(), "sharpattn: stats must be contiguous");
+  TORCH_CHECK(stats.device() == t.device(), "sharpattn: stats must be on the device of t");
   TORCH_CHECK(stats.scalar_type() ==
                   (t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat),
               "sharpattn: stats must be float64 for float64 inputs and float32 otherwise");
@@ -59,6 +60,19 @@ inline void check_grad_tv(const at::Tensor& t, const at::Tensor& grad_tv) {
                   (t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat),
               "sharpattn: grad_tv must be float64 for float64 inputs and float32 otherwise");
   TORCH_CHECK(grad_tv.device() == t.device(), "sharpattn: grad_tv must be on the device of t");
+}
+
+// Checks every argument of sharp_attention_backward; returns whether a TV gradient is present.
+inline bool check_backward_args(const at::Tensor& grad_out,
+                                const c10::optional<at::Tensor>& grad_tv, const at::Tensor& t,
+                                const c10::optional<at::Tensor>& x, const at::Tensor& stats,
+                                double tau) {
+  check_forward_args(t, x, tau);
+  check_same_map(t, grad_out, "grad_out");
+  check_stats(t, stats);
+  const bool with_tv = grad_tv.has_value() && grad_tv->defined();
+  if (with_tv) check_grad_tv(t, *grad_tv);
+  return with_tv;
 }
 
 }  // namespace sharpattn

@@ -661,12 +661,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out,
                                             const at::Tensor& stats, double tau, int64_t seed,
                                             int64_t offset, c10::string_view mode, bool residual,
                                             double eps) {
-  check_forward_args(t, x_opt, tau);
-  check_same_map(t, grad_out, "grad_out");
-  check_stats(t, stats);
-  TORCH_CHECK(stats.device() == t.device(), "sharpattn: stats must be on the device of t");
-  const bool with_tv = grad_tv_opt.has_value() && grad_tv_opt->defined();
-  if (with_tv) check_grad_tv(t, *grad_tv_opt);  // shape (N, C), contiguous, acc dtype, device
+  const bool with_tv = check_backward_args(grad_out, grad_tv_opt, t, x_opt, stats, tau);
   const at::Tensor& x = x_opt.has_value() ? *x_opt : t;
   const bool separate_x = x_opt.has_value();
   c10::cuda::CUDAGuard guard(t.device());
