@@ -1,0 +1,339 @@
+"""Training configuration: nested dataclasses, YAML files and ``section.key=value`` overrides.
+
+A YAML file holds any subset of the sections below; ``base: other.yaml`` (or a list) merges
+other files first, relative to the file's own folder, so each Table I row is a few lines over a
+shared recipe. Unknown keys and values of the wrong type raise :class:`ConfigError` naming the
+key, the file it came from and the valid keys. Packaged configs (``sharpattn/reid/configs``)
+are found by name: ``market1501/san_full`` is ``configs/market1501/san_full.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "CONFIG_DIR", "available_configs", "load_config", "apply_overrides",
+           "config_from_dict", "config_to_dict", "resolve_config_path"]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+DATASETS = ("synthetic", "market1501", "dukemtmcreid", "cuhk03_labeled", "cuhk03_detected",
+            "msmt17", "folder")
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A config file or override is not valid; the message says which key and why."""
+
+
+@dataclass
+class SyntheticConfig:
+    """Arguments of :func:`sharpattn.reid.make_synthetic` (data.name = synthetic)."""
+    num_ids: int = 24
+    num_cams: int = 4
+    images_per_cam: list = field(default_factory=lambda: [2, 4])
+    height: int = 128
+    width: int = 64
+    num_distractors: int = 20
+    num_junk: int = 5
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"          # one of DATASETS
+    root: str = "data"               # the dataset's folder or its parent; synthetic data is written here
+    cuhk03_protocol: str = "classic"  # "classic" (the SAN paper) or "new" (CUHK03-NP)
+    cuhk03_split: int = 0            # classic protocol: which of the 20 test splits
+    msmt17_include_val: bool = True
+    height: int = 256                # network input size
+    width: int = 128
+    num_identities: int = 64         # P identities per batch (per process under DDP)
+    num_instances: int = 4           # K images per identity
+    workers: int = 4                 # DataLoader worker processes
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "san_resnet50"       # a name registered in sharpattn.reid.engine.MODELS
+    blocks: list = field(default_factory=lambda: [1, 2, 3, 4])  # [] = plain ResNet-50 baseline
+    context: list = field(default_factory=lambda: [1, 2, 3])   # blocks with a context-aware unit
+    residual: bool = True            # cross-feature interaction (1 + M) * T (CIL); False: M * T
+    tv: bool = True                  # TV penalty of the blocks (eq. 6-8)
+    mask: str = "sharp"
+    embedding_dim: int = 128
+    weights: typing.Optional[str] = None  # local torchvision ResNet-50 ImageNet weights (.pth)
+
+
+@dataclass
+class LossConfig:
+    margin: float = 0.5
+    soft_margin: bool = False        # log(1 + exp(d_ap - d_an)) instead of the hinge
+    mu: float = 0.1                  # weight of the TV penalty (eq. 8)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    weight_decay: float = 5e-4
+    epochs: int = 150
+    decay_start: int = 100           # lr constant until here, then exponential decay
+    final_lr_factor: float = 0.001   # lr * final_lr_factor at the last epoch
+
+
+@dataclass
+class TauConfig:
+    tau0: float = 1.0
+    alpha: float = 0.008
+    tau_min: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"             # auto (cuda if available), cpu, cuda, cuda:1, ...
+    amp: str = "none"                # none, bf16, fp16
+    channels_last: bool = False
+    eval_every: int = 10             # evaluate every k epochs (and after the last one); 0: only at the end
+    checkpoint_every: int = 0        # also save last.pt every n steps (0: at epoch ends only)
+    progress: bool = True            # tqdm progress bars
+    threads: int = 0                 # torch.set_num_threads (0: torch's default)
+
+
+@dataclass
+class EvalConfig:
+    ten_crop: bool = True            # SAN: standard 10-crop testing
+    rerank: bool = False             # k-reciprocal re-ranking (Zhong et al. 2017)
+    metric: str = "euclidean"
+    ap_mode: str = "standard"        # "standard" (torchreid) or "market" (official MATLAB code)
+    batch_size: int = 64
+    ranked_queries: int = 8          # rows of the ranked-list picture
+    mask_images: int = 6             # images in the attention-mask picture
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    output_dir: str = "runs"         # runs go to <output_dir>/<name>
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    tau: TauConfig = field(default_factory=TauConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self):
+        """Check values that a type alone does not constrain; raises :class:`ConfigError`."""
+        def bad(key, msg):
+            raise ConfigError(f"config key '{key}': {msg}")
+        if self.data.name not in DATASETS:
+            bad("data.name", f"unknown dataset {self.data.name!r}; choose one of {', '.join(DATASETS)}")
+        if self.data.cuhk03_protocol not in ("classic", "new"):
+            bad("data.cuhk03_protocol", f"must be 'classic' or 'new', got {self.data.cuhk03_protocol!r}")
+        if self.train.amp not in AMP_MODES:
+            bad("train.amp", f"must be one of {', '.join(AMP_MODES)}, got {self.train.amp!r}")
+        for key in ("data.num_identities", "data.num_instances", "optim.epochs", "data.height",
+                    "data.width", "eval.batch_size"):
+            sec, k = key.split(".")
+            if getattr(getattr(self, sec), k) < 1:
+                bad(key, f"must be >= 1, got {getattr(getattr(self, sec), k)}")
+        if self.data.num_identities < 2:
+            bad("data.num_identities", "a triplet batch needs at least 2 identities")
+        if not 0 <= self.optim.decay_start <= self.optim.epochs:
+            bad("optim.decay_start", f"must be in 0..optim.epochs ({self.optim.epochs}), got {self.optim.decay_start}")
+        if self.optim.lr <= 0:
+            bad("optim.lr", f"must be > 0, got {self.optim.lr}")
+        if not 0 < self.optim.final_lr_factor <= 1:
+            bad("optim.final_lr_factor", f"must be in (0, 1], got {self.optim.final_lr_factor}")
+        if self.eval.ap_mode not in ("standard", "market"):
+            bad("eval.ap_mode", f"must be 'standard' or 'market', got {self.eval.ap_mode!r}")
+        if self.eval.metric not in ("euclidean", "sqeuclidean", "cosine"):
+            bad("eval.metric", f"must be euclidean, sqeuclidean or cosine, got {self.eval.metric!r}")
+        if self.tau.tau0 <= 0 or self.tau.tau_min <= 0:
+            bad("tau", "tau0 and tau_min must be > 0")
+        if any(b not in (1, 2, 3, 4) for b in self.model.blocks):
+            bad("model.blocks", f"blocks are numbered 1..4, got {self.model.blocks}")
+        if any(c not in self.model.blocks for c in self.model.context):
+            bad("model.context", f"context units {self.model.context} must be on sharp attention blocks "
+                                 f"{self.model.blocks}")
+        if self.train.eval_every < 0 or self.train.checkpoint_every < 0:
+            bad("train.eval_every", "eval_every and checkpoint_every must be >= 0")
+        return self
+
+
+def _fields(cls):
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _type_of(cls, name):
+    return typing.get_type_hints(cls)[name]
+
+
+def _coerce(value, typ, key, origin):
+    """Check/convert a YAML value for a field of type ``typ``."""
+    where = f" (from {origin})" if origin else ""
+    opt = typing.get_origin(typ) is typing.Union and type(None) in typing.get_args(typ)
+    if opt:
+        if value is None:
+            return None
+        typ = next(a for a in typing.get_args(typ) if a is not type(None))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}'{where}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}'{where}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "2e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}'{where}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}'{where}: expected a string, got {value!r}")
+    if typ is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value]
+        raise ConfigError(f"config key '{key}'{where}: expected a list, got {value!r}")
+    return value
+
+
+def _unknown(key, cls, prefix):
+    names = list(_fields(cls))
+    close = difflib.get_close_matches(key.split(".")[-1], names, n=1)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+    section = f"'{prefix[:-1]}'" if prefix else "the top level"
+    return f"unknown config key '{key}'{hint}; valid keys in {section}: {', '.join(names)}"
+
+
+def _update(obj, mapping, prefix="", origin=None):
+    """Set fields of dataclass ``obj`` from a nested mapping, checking keys and types."""
+    if not isinstance(mapping, dict):
+        where = f" (from {origin})" if origin else ""
+        raise ConfigError(f"config section '{prefix[:-1] or '<top>'}'{where} must be a mapping, got {mapping!r}")
+    fields = _fields(type(obj))
+    for k, v in mapping.items():
+        key = f"{prefix}{k}"
+        if k not in fields:
+            where = f" in {origin}" if origin else ""
+            raise ConfigError(_unknown(key, type(obj), prefix) + where)
+        current = getattr(obj, k)
+        if dataclasses.is_dataclass(current):
+            _update(current, v, f"{key}.", origin)
+        else:
+            setattr(obj, k, _coerce(v, _type_of(type(obj), k), key, origin))
+
+
+def config_from_dict(d, origin=None):
+    cfg = Config()
+    _update(cfg, d or {}, origin=origin)
+    return cfg
+
+
+def config_to_dict(cfg):
+    """Plain nested dict (lists, not tuples): what checkpoints and ``config.yaml`` store."""
+    return dataclasses.asdict(cfg)
+
+
+def available_configs():
+    """Names of the packaged configs (``market1501/san_full``, ``synthetic/san``, ...)."""
+    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml")
+                  if not p.name.startswith("_"))
+
+
+def resolve_config_path(name):
+    """A config file path: an existing file, or a packaged config name."""
+    p = Path(os.path.expanduser(str(name)))
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    close = difflib.get_close_matches(str(name), available_configs(), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"config {name!r} is neither a file nor a packaged config.{hint} "
+                      f"Packaged configs: {', '.join(available_configs())}")
+
+
+def _read_yaml(path, seen=()):
+    """The merged mapping of a YAML file and its ``base`` files."""
+    path = Path(path).resolve()
+    if path in seen:
+        raise ConfigError(f"config {path}: 'base' files include each other in a cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
+    bases = data.pop("base", None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    merged = {}
+    for b in bases:
+        bp = (path.parent / b) if not os.path.isabs(b) else Path(b)
+        if not bp.is_file():
+            raise ConfigError(f"config {path}: base file {b!r} not found (looked at {bp})")
+        _deep_merge(merged, _read_yaml(bp, seen + (path,)))
+    _deep_merge(merged, data)
+    return merged
+
+
+def _deep_merge(dst, src):
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_merge(dst[k], v)
+        else:
+            dst[k] = v
+    return dst
+
+
+def load_config(name=None, overrides=()):
+    """Config from a file or packaged name (``None``: the defaults, i.e. the SAN recipe) with
+    ``section.key=value`` overrides applied, validated."""
+    cfg = Config()
+    if name is not None:
+        path = resolve_config_path(name)
+        _update(cfg, _read_yaml(path), origin=str(path))
+        if "name" not in _read_yaml(path):
+            cfg.name = Path(path).stem
+    apply_overrides(cfg, overrides)
+    return cfg.validate()
+
+
+def apply_overrides(cfg, overrides):
+    """Apply ``["optim.lr=1e-4", "model.blocks=[1,2]", ...]``; values are parsed as YAML."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: cannot parse the value: {e}") from e
+        parts = key.split(".")
+        nested = value
+        for p in reversed(parts):
+            nested = {p: nested}
+        _update(cfg, nested, origin=f"override {item!r}")
+    return cfg

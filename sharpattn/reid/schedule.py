@@ -1,0 +1,64 @@
+"""Per-epoch schedules of the SAN recipe: the learning rate and the Gumbel-Softmax temperature.
+
+Learning rate (SAN IV-B follows Hermans et al. 2017): constant ``lr`` for epochs
+``0 .. decay_start``, then ``lr * final_factor ** ((epoch - decay_start) / (epochs - decay_start))``,
+which reaches ``lr * final_factor`` at ``epoch == epochs`` (SAN: 2e-4, decay from epoch 100 of
+150 down to 1e-3 of it). Epochs are counted from 0.
+
+Temperature (SAN eq. 9): ``tau = max(tau_min, tau0 * exp(-alpha * epoch))``, 1.0 -> 0.5 with
+alpha = 0.008 (reached at epoch 87). :func:`temperature_schedule` returns
+``sharpattn.TemperatureSchedule`` when the model package provides it.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["LRSchedule", "FallbackTemperatureSchedule", "temperature_schedule"]
+
+
+class LRSchedule:
+    """``LRSchedule(lr, epochs=150, decay_start=100, final_factor=0.001)(epoch)`` -> lr."""
+
+    def __init__(self, lr, epochs=150, decay_start=100, final_factor=0.001):
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if not 0 <= decay_start <= epochs:
+            raise ValueError(f"decay_start must be in 0..epochs={epochs}, got {decay_start}")
+        if not 0 < final_factor <= 1:
+            raise ValueError(f"final_factor must be in (0, 1], got {final_factor}")
+        self.lr, self.epochs, self.decay_start, self.final_factor = lr, epochs, decay_start, final_factor
+
+    def factor(self, epoch):
+        if epoch <= self.decay_start or self.epochs == self.decay_start:
+            return 1.0
+        return self.final_factor ** ((epoch - self.decay_start) / (self.epochs - self.decay_start))
+
+    def __call__(self, epoch):
+        return self.lr * self.factor(epoch)
+
+    def __repr__(self):
+        return (f"LRSchedule(lr={self.lr}, epochs={self.epochs}, decay_start={self.decay_start}, "
+                f"final_factor={self.final_factor})")
+
+
+class FallbackTemperatureSchedule:
+    """Eq. 9 for models without ``sharpattn.TemperatureSchedule`` (same formula)."""
+
+    def __init__(self, tau0=1.0, alpha=0.008, tau_min=0.5):
+        self.tau0, self.alpha, self.tau_min = tau0, alpha, tau_min
+
+    def __call__(self, epoch):
+        return max(self.tau_min, self.tau0 * math.exp(-self.alpha * epoch))
+
+    def __repr__(self):
+        return f"TemperatureSchedule(tau0={self.tau0}, alpha={self.alpha}, tau_min={self.tau_min})"
+
+
+def temperature_schedule(tau0=1.0, alpha=0.008, tau_min=0.5):
+    """The eq. 9 schedule: ``sharpattn.TemperatureSchedule`` if available, else the fallback."""
+    try:
+        from sharpattn import TemperatureSchedule
+    except ImportError:
+        return FallbackTemperatureSchedule(tau0, alpha, tau_min)
+    return TemperatureSchedule(tau0=tau0, alpha=alpha, tau_min=tau_min)
