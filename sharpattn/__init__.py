@@ -4,14 +4,29 @@
     sharpattn.functional.sharp_attention(t, tau=1.0, seed=0)
     sharpattn.backends.available("cpu")
     sharpattn.build_info()
+
+    block = sharpattn.SharpAttentionBlock(torchvision.models.resnet50().layer1)
+    model = sharpattn.models.san_resnet50()
 """
 
 # _ops and _grid_ops register the operators' fake kernels and autograd on import.
 from . import _extension, _grid_ops, _ops, backends, functional, reference  # noqa: F401
 from ._extension import build_info
-from .modules import GridOcclusion, TVLoss
+from .modules import (ContextAwareUnit, GridOcclusion, SharpAttentionBlock, SharpMask,
+                      TemperatureSchedule, TVLoss, recording_masks, set_temperature, tv_penalty)
 
 __version__ = "0.1.0"
-__all__ = ["GridOcclusion", "TVLoss", "backends", "build_info", "functional", "reference"]
+__all__ = ["ContextAwareUnit", "GridOcclusion", "SharpAttentionBlock", "SharpMask",
+           "TVLoss", "TemperatureSchedule", "backends", "build_info", "functional", "models",
+           "recording_masks", "reference", "set_temperature", "tv_penalty"]
+
+
+def __getattr__(name):
+    # sharpattn.models imports torchvision: loaded on first use, not with the operators.
+    if name == "models":
+        import importlib
+
+        return importlib.import_module(".models", __name__)
+    raise AttributeError(f"module 'sharpattn' has no attribute {name!r}")
 
 _extension.warn_if_broken()
