@@ -11,6 +11,9 @@ from ..modules.block import SharpAttentionBlock
 from ..modules.masks import MASK_KINDS
 
 STAGE_CHANNELS = {1: 256, 2: 512, 3: 1024, 4: 2048}
+# The default `context`: a context unit on each of blocks 1-3 that is wrapped (so blocks=()
+# alone gives the plain baseline). A context given explicitly must list wrapped blocks only.
+DEFAULT_CONTEXT = (1, 2, 3)
 
 
 def embedding_head(in_features: int = 2048, hidden: int = 1024, out_features: int = 128):
@@ -32,12 +35,14 @@ class SANResNet50(nn.Module):
     returns embeddings (N, embedding_dim).
     """
 
-    def __init__(self, blocks=(1, 2, 3, 4), context=(1, 2, 3), residual: bool = True,
+    def __init__(self, blocks=(1, 2, 3, 4), context=DEFAULT_CONTEXT, residual: bool = True,
                  tv: bool = True, mask: str = "sharp", embedding_dim: int = 128,
                  hidden_dim: int = 1024, **block_options):
         super().__init__()
         from torchvision.models import resnet50
 
+        if context is DEFAULT_CONTEXT:
+            context = tuple(c for c in DEFAULT_CONTEXT if c in blocks)
         blocks, context = _stage_list(blocks, "blocks"), _stage_list(context, "context")
         if not set(context) <= set(blocks):
             raise ValueError(f"san_resnet50: context {context} must be a subset of blocks "
@@ -79,13 +84,13 @@ def _stage_list(stages, name: str) -> tuple[int, ...]:
     return stages
 
 
-def san_resnet50(blocks=(1, 2, 3, 4), context=(1, 2, 3), residual: bool = True, tv: bool = True,
+def san_resnet50(blocks=(1, 2, 3, 4), context=DEFAULT_CONTEXT, residual: bool = True, tv: bool = True,
                  mask: str = "sharp", embedding_dim: int = 128,
                  weights: str | os.PathLike | None = None, **block_options) -> SANResNet50:
     """The SAN model of SAN IV-B; `blocks=()` gives the plain ResNet-50 baseline, same head.
 
     blocks: the stages wrapped as SharpAttentionBlocks; context: those given a context-aware
-    unit (1-3 only); residual: cross-feature interaction (1 + M) * T, else M * T; tv: the blocks
+    unit (1-3 only; by default those of 1-3 that are in blocks); residual: cross-feature interaction (1 + M) * T, else M * T; tv: the blocks
     keep their TV penalty (sharpattn.tv_penalty); mask: "sharp", "soft", "threshold" or "power".
     weights: a local file of torchvision's ImageNet ResNet-50 state_dict (see
     sharpattn.models.load_imagenet_weights); nothing is downloaded. Other keyword arguments
