@@ -309,3 +309,21 @@ def test_compiled_block_follows_tau_without_recompiling(fixed_rng):
         want = F.sharp_attention(t, block.context(t), tau=tau, seed=seed, offset=offset)
         torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
     assert counter.frame_count == frames, "a new tau recompiled the model"
+
+
+def test_activation_checkpointing_recomputes_the_same_mask():
+    torch.manual_seed(0)
+    block = sharpattn.SharpAttentionBlock(small_stage(), context_unit=True, tv=False).train()
+    x = torch.randn(2, 3, 9, 7)
+    grads = []
+    for checkpointed in (False, True):
+        torch.manual_seed(5)
+        if checkpointed:
+            out = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        else:
+            out = block(x)
+        block.zero_grad()
+        (out * out).sum().backward()
+        grads.append([p.grad.clone() for p in block.parameters()])
+    for plain, recomputed in zip(*grads):
+        torch.testing.assert_close(recomputed, plain, rtol=1e-5, atol=1e-6)
