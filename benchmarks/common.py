@@ -11,10 +11,12 @@ Memory (recorded next to the time, from one extra call after the timed rounds):
                    allocated just before it (the inputs and incoming gradients are already
                    resident, so this is what the op itself needs: outputs, saved tensors,
                    workspace); peak_mem_abs_bytes keeps the absolute figure.
-                   CPU: the bytes of the tensors autograd saves for the backward, counted with
+                   CPU: the bytes of the tensors autograd saves for the backward beyond the
+                   inputs themselves (saved_extra_bytes), counted with
                    ``torch.autograd.graph.saved_tensors_hooks`` and deduplicated by storage
                    (fwd+bwd cases only; None for forward-only cases).
-  saved_bytes      the same saved-tensor count on every device (fwd+bwd cases).
+  saved_bytes      every saved storage, inputs included, on every device (fwd+bwd cases);
+  saved_extra_bytes  the same without the inputs' storages.
 """
 
 from __future__ import annotations
@@ -150,19 +152,24 @@ def measure_copy_bandwidth(device, nbytes: int | None = None, rounds: int = 10) 
 
 class SavedBytes:
     """Context manager summing the bytes of the tensors autograd saves for backward, each
-    storage counted once (an input saved by two nodes, or a view of a saved tensor, is one)."""
+    storage counted once (an input saved by two nodes, or a view of a saved tensor, is one).
 
-    def __init__(self):
+    ``nbytes`` counts every saved storage; ``extra_nbytes`` leaves out the storages of
+    ``resident`` tensors (the inputs and parameters, in memory whether or not they are saved),
+    which is what saving costs on top of them.
+    """
+
+    def __init__(self, resident=()):
         self.storages: dict[tuple, int] = {}
+        self.resident = {_storage_key(t) for t in resident if isinstance(t, torch.Tensor)}
 
     def _pack(self, tensor):
         try:
-            storage = tensor.untyped_storage()
-            key = (str(tensor.device), storage.data_ptr())
-            self.storages[key] = max(self.storages.get(key, 0), storage.nbytes())
+            key = _storage_key(tensor)
+            nbytes = tensor.untyped_storage().nbytes()
         except (RuntimeError, NotImplementedError):  # tensors without storage (fakes, sparse)
-            key = ("id", id(tensor))
-            self.storages[key] = tensor.numel() * tensor.element_size()
+            key, nbytes = ("id", id(tensor)), tensor.numel() * tensor.element_size()
+        self.storages[key] = max(self.storages.get(key, 0), nbytes)
         return tensor
 
     @staticmethod
@@ -173,6 +180,10 @@ class SavedBytes:
     def nbytes(self) -> int:
         return sum(self.storages.values())
 
+    @property
+    def extra_nbytes(self) -> int:
+        return sum(n for key, n in self.storages.items() if key not in self.resident)
+
     def __enter__(self):
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._hooks.__enter__()
@@ -181,6 +192,10 @@ class SavedBytes:
     def __exit__(self, *exc):
         self._hooks.__exit__(*exc)
         return False
+
+
+def _storage_key(tensor) -> tuple:
+    return (str(tensor.device), tensor.untyped_storage().data_ptr())
 
 
 def _tensors(outputs):
@@ -236,14 +251,16 @@ class Case:
 
     def memory(self) -> dict:
         """Peak memory of one call and the bytes saved for backward (see the module docs)."""
-        out = {"peak_mem_bytes": None, "peak_mem_abs_bytes": None, "saved_bytes": None}
+        out = {"peak_mem_bytes": None, "peak_mem_abs_bytes": None, "saved_bytes": None,
+               "saved_extra_bytes": None}
         device = torch.device(self.device)
         if self.pass_ == "fwdbwd":
-            saved = SavedBytes()
+            saved = SavedBytes(resident=self.inputs)
             try:
                 self.forward_backward(saved)
                 sync(device)
                 out["saved_bytes"] = saved.nbytes
+                out["saved_extra_bytes"] = saved.extra_nbytes
             except Exception as exc:  # noqa: BLE001 - a hook a compiled fn refuses: note it
                 out["saved_bytes_error"] = f"{type(exc).__name__}: {exc}"[:300]
         if device.type == "cuda":
@@ -256,8 +273,9 @@ class Case:
             out["peak_mem_abs_bytes"] = peak
             out["peak_mem_method"] = "cuda max_memory_allocated - memory_allocated before the call"
         else:
-            out["peak_mem_bytes"] = out["saved_bytes"]
-            out["peak_mem_method"] = "bytes saved for backward (saved_tensors_hooks, per storage)"
+            out["peak_mem_bytes"] = out["saved_extra_bytes"]
+            out["peak_mem_method"] = ("bytes saved for backward beyond the inputs "
+                                      "(saved_tensors_hooks, per storage)")
         return out
 
 
@@ -294,8 +312,10 @@ def run_case(benchmark, env, case: Case, *, rounds: int, warmup: int, info: dict
     if stats is not None and getattr(stats, "stats", None) is not None:
         median = stats.stats.median
         extra["median_s"] = median
-        extra["gbps"] = info["traffic_bytes"] / median / 1e9
-        extra["frac_copy_bw"] = extra["gbps"] / env["copy_gbps"] if env.get("copy_gbps") else None
+        if info.get("traffic_bytes"):
+            extra["gbps"] = info["traffic_bytes"] / median / 1e9
+            extra["frac_copy_bw"] = (extra["gbps"] / env["copy_gbps"] if env.get("copy_gbps")
+                                     else None)
 
 
 # --------------------------------------------------------------------------------------------
