@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,29 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or belongs to another model."""
 
 
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+
+
+def _check_plain(obj, where="checkpoint"):
+    """Raise TypeError for anything ``torch.load(weights_only=True)`` would refuse."""
+    if type(obj) in _PLAIN or isinstance(obj, torch.Tensor):
+        return
+    if type(obj) in (dict, OrderedDict):
+        for k, v in obj.items():
+            _check_plain(k, where)
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    if type(obj) in (list, tuple):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}: checkpoints hold "
+                    f"only tensors and plain Python values, so that they load with weights_only=True")
+
+
 def save_checkpoint(obj, path):
     """Atomically write ``obj`` (tensors and plain values) to ``path``; returns the path."""
+    _check_plain(obj)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

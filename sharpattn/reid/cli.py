@@ -111,6 +111,11 @@ def run_training(args):
             label = "synthetic" if not args.config else "compare"
             out_root = Path(args.output) if args.output else \
                 Path(cfgs[0].output_dir).expanduser() / f"{label}-{_timestamp()}"
+            seen = {}
+            for c in cfgs:  # the same name twice (e.g. name=... as an override) gets a suffix
+                seen[c.name] = seen.get(c.name, 0) + 1
+                if seen[c.name] > 1:
+                    c.name = f"{c.name}-{seen[c.name]}"
             jobs = [(c, out_root / c.name, None) for c in cfgs]
         for _, d, _ in jobs:
             if (d / "last.pt").exists():
@@ -186,7 +191,8 @@ def _run(fn, parser, argv):
     try:
         return fn(args)
     except USER_ERRORS as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        hint = " (point to it with --data-root DIR or data.root=DIR)" if isinstance(e, DatasetNotFoundError) else ""
+        print(f"{parser.prog}: error: {e}{hint}", file=sys.stderr)
         return 2
 
 

@@ -43,6 +43,8 @@ class SyntheticConfig:
     num_distractors: int = 20
     num_junk: int = 5
     seed: int = 0
+    outfits: typing.Optional[int] = None  # n random outfits (easier) instead of 3 shared ones
+    cue_scale: float = 1.0           # size of the identity badge / bag
 
 
 @dataclass
@@ -104,6 +106,7 @@ class TrainConfig:
     eval_every: int = 10             # evaluate every k epochs (and after the last one); 0: only at the end
     checkpoint_every: int = 0        # also save last.pt every n steps (0: at epoch ends only)
     progress: bool = True            # tqdm progress bars
+    pictures: bool = True            # curves.png (at evaluations and the end), ranks.png, masks.png
     threads: int = 0                 # torch.set_num_threads (0: torch's default)
 
 

@@ -63,7 +63,9 @@ def synthetic_root(data_cfg):
     s = data_cfg.synthetic
     ipc = "-".join(str(v) for v in s.images_per_cam)
     name = (f"synthetic_ids{s.num_ids}_cams{s.num_cams}_ipc{ipc}_{s.height}x{s.width}"
-            f"_d{s.num_distractors}_j{s.num_junk}_seed{s.seed}")
+            f"_d{s.num_distractors}_j{s.num_junk}_seed{s.seed}"
+            f"{'' if s.outfits is None else f'_outfits{s.outfits}'}"
+            f"{'' if s.cue_scale == 1 else f'_cue{s.cue_scale:g}'}")
     return Path(os.path.expanduser(data_cfg.root)) / name
 
 
@@ -76,7 +78,8 @@ def build_dataset(data_cfg, rank=0):
             s = data_cfg.synthetic
             make_synthetic(out, num_ids=s.num_ids, num_cams=s.num_cams,
                            images_per_cam=tuple(s.images_per_cam), height=s.height, width=s.width,
-                           num_distractors=s.num_distractors, num_junk=s.num_junk, seed=s.seed)
+                           num_distractors=s.num_distractors, num_junk=s.num_junk, seed=s.seed,
+                           outfits=s.outfits, cue_scale=s.cue_scale)
             (out / ".complete").write_text("written by sharpattn.reid.make_synthetic\n")
         _barrier()
         return Market1501(out)
@@ -356,7 +359,7 @@ class Trainer:
             "global_step": self.global_step, "world_size": self.world, "rng": rngs,
             "history": self.history, "best": dict(self.best), "metrics": self.last_metrics,
             "config": config_to_dict(self.cfg), "epoch_acc": self._epoch_acc,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }
 
     def save_last(self):
@@ -562,7 +565,8 @@ class Trainer:
                 self.tb.add_scalar("train/tau", rec["tau"], self.global_step)
                 self.tb.flush()
             self._write_csv()
-            self._plot_curves()
+            if cfg.train.pictures and "rank1" in rec:
+                self._plot_curves()
         self.epoch += 1
         self.step = 0
         self.save_last()
@@ -575,9 +579,10 @@ class Trainer:
                    "model_spec": self.spec}
         if not self.main:
             return summary
-        pictures = write_pictures(self.raw_model, self.dataset, cfg, self.device, self.out_dir,
-                                  distmat=getattr(self, "_distmat", None), log=self.log)
-        summary["pictures"] = {k: str(v) for k, v in pictures.items() if v is not None}
+        if cfg.train.pictures:
+            pictures = write_pictures(self.raw_model, self.dataset, cfg, self.device, self.out_dir,
+                                      distmat=getattr(self, "_distmat", None), log=self.log)
+            summary["pictures"] = {k: str(v) for k, v in pictures.items() if v is not None}
         with open(self.out_dir / "summary.json", "w") as f:
             json.dump(summary, f, indent=2)
         write_report(self.out_dir / "report.md", cfg, self.last_metrics, self.history, self.best, elapsed)

@@ -57,7 +57,7 @@ def _camera_styles(num_cams, rng):
     return styles
 
 
-def _render(ident, style, h, w, rng):
+def _render(ident, style, h, w, rng, cue_scale=1.0):
     img = np.empty((h, w, 3), np.float32)
     # Background: camera colour with diagonal stripes (a floor / wall texture).
     yy, xx = np.mgrid[0:h, 0:w]
@@ -69,7 +69,7 @@ def _render(ident, style, h, w, rng):
     pw = max(8, int(ph * 0.38))
     top = int(np.clip((h - ph) // 2 + rng.integers(-h // 16, h // 16 + 1), 0, max(0, h - ph)))
     left = int(np.clip((w - pw) // 2 + rng.integers(-w // 10, w // 10 + 1), 0, max(0, w - pw)))
-    shirt, trousers = _OUTFITS[ident["outfit"]]
+    shirt, trousers = ident["clothes"] if "clothes" in ident else _OUTFITS[ident["outfit"]]
     head_h, torso_h = int(ph * 0.16), int(ph * 0.38)
     cx = left + pw // 2
     # Head: an ellipse.
@@ -89,12 +89,12 @@ def _render(ident, style, h, w, rng):
     if rng.random() < 0.5 and place != "hip_bag":
         place = "chest_right" if place == "chest_left" else "chest_left"
     if place == "hip_bag":
-        ch, cw = max(4, int(ph * 0.16)), max(4, int(pw * 0.45))
+        ch, cw = max(4, int(ph * 0.16 * cue_scale)), max(4, int(pw * 0.45 * cue_scale))
         cy0 = t1 - ch // 2
         side = rng.random() < 0.5
         cx0 = left - cw // 2 if side else left + pw - cw // 2
     else:
-        ch, cw = max(3, int(ph * 0.10)), max(3, int(pw * 0.32))
+        ch, cw = max(3, int(ph * 0.10 * cue_scale)), max(3, int(pw * 0.32 * cue_scale))
         cy0 = t0 + int(torso_h * 0.2)
         cx0 = left + 2 if place == "chest_left" else left + pw - cw - 2
     cy0, cx0 = max(0, cy0), max(0, cx0)
@@ -132,8 +132,20 @@ def _identities(num_ids, rng):
     return out
 
 
+def _own_outfits(idents, num_outfits, seed):
+    """Give identities ``num_outfits`` random (shirt, trousers) colours, from their own stream
+    (so the rest of the dataset is drawn exactly as without them)."""
+    orng = np.random.default_rng([seed, 7919])
+    shirts = orng.uniform(30, 235, size=(num_outfits, 3)).astype(np.float32)
+    trousers = orng.uniform(20, 120, size=(num_outfits, 3)).astype(np.float32)
+    for k, ident in enumerate(idents):
+        j = k % num_outfits
+        ident["clothes"] = (shirts[j], trousers[j])
+
+
 def make_synthetic(root, num_ids=100, num_cams=4, cams_per_id=None, images_per_cam=(2, 4),
-                   height=128, width=64, num_distractors=20, num_junk=5, seed=0):
+                   height=128, width=64, num_distractors=20, num_junk=5, seed=0, outfits=None,
+                   cue_scale=1.0):
     """Write a synthetic re-ID dataset in Market-1501's layout under ``root`` and return ``root``.
 
     Identities ``1..num_ids``: the first half train, the second half test. Each identity is seen
@@ -142,6 +154,11 @@ def make_synthetic(root, num_ids=100, num_cams=4, cams_per_id=None, images_per_c
     the gallery, together with ``num_distractors`` distractors (identity 0: people with random
     cues) and ``num_junk`` junk images (identity -1: background only). Read it back with
     ``Market1501(root)``. The same arguments always write the same files.
+
+    Easier variants (for demos that must learn in minutes): ``outfits=n`` dresses identity k in
+    the (k mod n)-th of n random outfits instead of the three shared ones (``n = num_ids``: every
+    identity has its own clothes; smaller n: identities sharing clothes still differ only by
+    their cue); ``cue_scale`` enlarges the badge or bag. The defaults write the hard dataset.
     """
     from PIL import Image
 
@@ -163,6 +180,12 @@ def make_synthetic(root, num_ids=100, num_cams=4, cams_per_id=None, images_per_c
     rng = np.random.default_rng(seed)
     styles = _camera_styles(num_cams, rng)
     idents = _identities(num_ids, rng)
+    if outfits is not None:
+        if outfits < 1:
+            raise ValueError(f"outfits must be >= 1 (or None for the shared ones), got {outfits}")
+        _own_outfits(idents, outfits, seed)
+    if not cue_scale > 0:
+        raise ValueError(f"cue_scale must be > 0, got {cue_scale}")
     frame = 0
 
     def save(folder, pid, cam, img):
@@ -179,15 +202,18 @@ def make_synthetic(root, num_ids=100, num_cams=4, cams_per_id=None, images_per_c
         for cam in cams:
             n = int(rng.integers(images_per_cam[0], images_per_cam[1] + 1))
             for i in range(n):
-                img = _render(ident, styles[cam], height, width, rng)
+                img = _render(ident, styles[cam], height, width, rng, cue_scale)
                 if pid <= num_train:
                     save(dirs["bounding_box_train"], pid, cam, img)
                 else:
                     save(dirs["query"] if i == 0 else dirs["bounding_box_test"], pid, cam, img)
     extra = _identities(min(num_distractors, 120), rng) if num_distractors else []
+    if outfits is not None and extra:
+        _own_outfits(extra, len(extra), seed + 1)
     for i in range(num_distractors):
         cam = int(rng.integers(num_cams))
-        save(dirs["bounding_box_test"], 0, cam, _render(extra[i % len(extra)], styles[cam], height, width, rng))
+        save(dirs["bounding_box_test"], 0, cam,
+             _render(extra[i % len(extra)], styles[cam], height, width, rng, cue_scale))
     for _ in range(num_junk):
         cam = int(rng.integers(num_cams))
         empty = {"colour": styles[cam]["bg"], "pattern": "solid", "place": "chest_left", "outfit": 0}
