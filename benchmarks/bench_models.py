@@ -107,13 +107,14 @@ def torchvision_resnet50():
     return tv_models.resnet50
 
 
-@pytest.mark.parametrize("impl", ["stage", "reference", "cpu", "cuda", "triton"])
+@pytest.mark.parametrize("block_impl", ["stage", "reference", "cpu", "cuda", "triton"])
 def test_block(benchmark, request, env, opts, device, torchvision_resnet50, block, dtype_name,
-               layout, impl):
+               layout, block_impl):
     """SharpAttentionBlock(stage, channels, context_unit=block < 4, tv=True) forward + backward
     (loss = sum of the output + MU * its TV penalty) vs the bare stage ("stage")."""
     import sharpattn
 
+    impl = block_impl
     if impl not in _block_impls(device):
         common.skip(request, f"{impl!r} does not run on {device.type} here"
                     + (" (Triton on CPU is interpreter-only)" if impl == "triton" else ""))
