@@ -321,6 +321,7 @@ def plots(rows, out_dir: Path, slug: str) -> list[Path]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
     except ImportError:
         return []
     ops = [r for r in rows if r.get("suite") == "ops" and r.get("layout") == "contiguous"]
@@ -355,6 +356,7 @@ def plots(rows, out_dir: Path, slug: str) -> list[Path]:
                 ax.set_xticks(range(len(blocks)), [f"block{b}" for b in blocks], fontsize=7)
                 if log:
                     ax.set_yscale("log")
+                    ax.yaxis.set_minor_formatter(NullFormatter())
                 else:
                     ax.axhline(1.0, color="grey", linewidth=0.6)
                 ax.set_title(f"{op} {variant} {dtype} {pass_}".replace("  ", " "), fontsize=8)
@@ -368,11 +370,15 @@ def plots(rows, out_dir: Path, slug: str) -> list[Path]:
                     if lab not in labels:
                         handles.append(h)
                         labels.append(lab)
-        fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8)
+        height = fig.get_figheight()
+        top = 1 - 0.75 / height  # room for the title and the legend, in figure fractions
         device = ops[0].get("device_name")
         batch = ops[0]["shape"][0] if ops[0].get("shape") else "?"
-        fig.suptitle(f"{device}, batch {batch}, contiguous", fontsize=9, y=0.995)
-        fig.tight_layout(rect=(0, 0, 1, 0.97))
+        fig.suptitle(f"{device}, batch {batch}, contiguous layout", fontsize=9,
+                     y=1 - 0.08 / height, va="top")
+        fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8,
+                   bbox_to_anchor=(0.5, 1 - 0.32 / height), frameon=False)
+        fig.tight_layout(rect=(0, 0, 1, top))
         path = out_dir / f"{slug}-{name}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
