@@ -56,8 +56,9 @@ def block_shape(block: int, batch: int) -> tuple[int, int, int, int]:
 
 def feature_map(shape, dtype, layout, device, *, seed=0) -> torch.Tensor:
     """A post-ReLU feature map (many ties at 0, like real trunk features) in the given layout."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    t = torch.randn(shape, generator=gen).relu_().to(device=device, dtype=dtype)
+    # Drawn on the device itself: a paper-size batch is 134M elements per map.
+    gen = torch.Generator(device=device).manual_seed(seed)
+    t = torch.randn(shape, generator=gen, device=device).relu_().to(dtype=dtype)
     if layout == "channels_last":
         t = t.contiguous(memory_format=torch.channels_last)
     return t
@@ -222,10 +223,11 @@ class Case:
 
     def _grads_for(self, outs):
         if self.grad_outputs is None:
-            gen = torch.Generator(device="cpu").manual_seed(7)
+            gen = torch.Generator(device=self.device).manual_seed(7)
+            # In the output's layout (channels_last stays channels_last), as in a network.
             self.grad_outputs = tuple(
-                (torch.randn(o.shape, generator=gen, dtype=torch.float32) if o.dim() > 1
-                 else torch.ones(o.shape)).to(device=o.device, dtype=o.dtype)
+                (torch.empty_like(o, dtype=torch.float32).normal_(generator=gen)
+                 if o.dim() > 1 else torch.ones_like(o)).to(dtype=o.dtype)
                 for o in outs)
         return self.grad_outputs
 
