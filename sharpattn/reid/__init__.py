@@ -1,7 +1,10 @@
-"""Reference re-ID package: datasets, identity sampling, transforms and evaluation.
+"""Reference re-ID package: datasets, identity sampling, transforms, evaluation, and the SAN
+training engine with its command lines (``sharpattn-train``, ``sharpattn-eval``).
 
-Independent of the sharpattn kernels: it needs torch, torchvision, numpy, Pillow and tqdm
-(plus h5py and scipy to read CUHK03's .mat files). See docs/reid.md for the protocols.
+The data and evaluation half is independent of the sharpattn kernels: it needs torch,
+torchvision, numpy, Pillow and tqdm (plus h5py and scipy to read CUHK03's .mat files). The
+engine adds pyyaml, matplotlib and (optionally) tensorboard, and builds models through
+``sharpattn.models``. See docs/reid.md for the protocols and docs/training.md for training.
 """
 
 from . import datasets, metrics
@@ -13,8 +16,19 @@ from .metrics import (compute_distance_matrix, evaluate_cuhk03_classic, evaluate
 from .sampler import IdentityBatchSampler
 from .transforms import build_test_transform, build_train_transform
 from .visualize import plot_ranked_lists
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import Config, ConfigError, load_config
+from .engine import Trainer, TrainingInterrupted, compute_loss, evaluate, train
+from .losses import all_gather_with_grad, batch_hard_triplet_loss
+from .modeling import build_model, register_model
+from .plots import plot_attention_masks, plot_training_curves
+from .schedule import LRSchedule, temperature_schedule
 
-__all__ = ["CUHK03", "DukeMTMCreID", "IdentityBatchSampler", "ImageDataset", "ImageFolderReID",
-           "MSMT17", "Market1501", "build_test_transform", "build_train_transform",
-           "compute_distance_matrix", "datasets", "evaluate_cuhk03_classic", "evaluate_rank",
-           "extract_features", "make_synthetic", "metrics", "plot_ranked_lists", "re_ranking"]
+__all__ = ["CUHK03", "CheckpointError", "Config", "ConfigError", "DukeMTMCreID", "IdentityBatchSampler",
+           "ImageDataset", "ImageFolderReID", "LRSchedule", "MSMT17", "Market1501", "Trainer",
+           "TrainingInterrupted", "all_gather_with_grad", "batch_hard_triplet_loss", "build_model",
+           "build_test_transform", "build_train_transform", "compute_distance_matrix", "compute_loss",
+           "datasets", "evaluate", "evaluate_cuhk03_classic", "evaluate_rank", "extract_features",
+           "load_checkpoint", "load_config", "make_synthetic", "metrics", "plot_attention_masks",
+           "plot_ranked_lists", "plot_training_curves", "re_ranking", "register_model",
+           "save_checkpoint", "temperature_schedule", "train"]

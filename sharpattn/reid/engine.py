@@ -605,7 +605,8 @@ def write_pictures(model, dataset, cfg, device, out_dir, distmat=None, log=print
         log(f"[sharpattn] could not draw ranks.png: {e}")
     try:
         tf = build_test_transform(cfg.data.height, cfg.data.width, ten_crop=False)
-        items = dataset.query[:cfg.eval.mask_images]
+        k = min(cfg.eval.mask_images, len(dataset.query))  # spread over the query list (identities)
+        items = [dataset.query[int(i)] for i in np.linspace(0, len(dataset.query) - 1, k)] if k else []
         if items:
             images = torch.stack([tf(read_image(p)) for p, _, _ in items])
             out["masks"] = plot_attention_masks(model, images, out_dir / "masks.png",

@@ -103,7 +103,8 @@ def plot_attention_masks(model, images, out_path, mean=IMAGENET_MEAN, std=IMAGEN
     std_t = torch.tensor(std).view(1, 3, 1, 1)
     rgb = (images.detach().cpu().float() * std_t + mean_t).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     cols = 1 + len(names)
-    fig, axes = plt.subplots(n, cols, figsize=(1.3 * cols * max(1.0, w / h * 2), 2.6 * n), squeeze=False)
+    cell_w = 1.3 * max(1.0, 2 * w / h)  # person crops are about twice as tall as wide
+    fig, axes = plt.subplots(n, cols, figsize=(max(4.5, cell_w * cols), 2.5 * n + 0.4), squeeze=False)
     for j, name in enumerate(names):
         m = masks[name].detach().float().cpu()
         m = m.mean(1, keepdim=True) if m.dim() == 4 else m.unsqueeze(1)
@@ -123,7 +124,7 @@ def plot_attention_masks(model, images, out_path, mean=IMAGENET_MEAN, std=IMAGEN
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("channel-mean attention mask per block (blue 0 .. red 1)", fontsize=9)
+    fig.suptitle("attention mask per block\n(channel mean: blue 0, red 1)", fontsize=8)
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
