@@ -16,7 +16,11 @@ def test_tiny_synthetic_run_learns_and_writes_its_outputs(tiny_config, tmp_path)
     out = train(cfg, tmp_path / "run")
     hist = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["history"]
     first, last = hist[0]["loss"], sum(h["loss"] for h in hist[-2:]) / 2
-    assert last < 0.8 * first, [h["loss"] for h in hist]
+    assert last < 0.9 * first, [h["loss"] for h in hist]
+    # it learns, not just shrinks the embedding: more anchors have their hardest negative
+    # beyond their hardest positive, and retrieval on unseen identities beats chance (~1/8)
+    assert max(h["precision"] for h in hist[-3:]) > hist[0]["precision"] + 0.15, [h["precision"] for h in hist]
+    assert out["metrics"]["rank1"] > 0.3
     assert all(h["tv"] > 0 for h in hist)  # the block's TV is part of the loss
     for name in ("last.pt", "best.pt", "log.csv", "curves.png", "ranks.png", "masks.png", "report.md",
                  "summary.json", "config.yaml"):
