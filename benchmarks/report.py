@@ -341,6 +341,7 @@ def plots(rows, out_dir: Path, slug: str) -> list[Path]:
         for i, (op, variant) in enumerate(panels):
             for j, (dtype, pass_) in enumerate(columns):
                 ax = axes[i][j]
+                drawn = False
                 for k, impl in enumerate(impls):
                     xs, ys = [], []
                     for b_index, block in enumerate(blocks):
@@ -353,16 +354,21 @@ def plots(rows, out_dir: Path, slug: str) -> list[Path]:
                             ys.append(value * 1e3 if field == "median_s" else value)
                     if xs:
                         ax.bar(xs, ys, width=width, label=impl)
+                        drawn = True
+                ax.set_title(f"{op} {variant} {dtype} {pass_}".replace("  ", " "), fontsize=8)
+                if not drawn:
+                    ax.axis("off")
+                    ax.text(0.5, 0.5, "not run", ha="center", va="center", fontsize=8,
+                            color="grey", transform=ax.transAxes)
+                    continue
                 ax.set_xticks(range(len(blocks)), [f"block{b}" for b in blocks], fontsize=7)
                 if log:
                     ax.set_yscale("log")
                     ax.yaxis.set_minor_formatter(NullFormatter())
                 else:
                     ax.axhline(1.0, color="grey", linewidth=0.6)
-                ax.set_title(f"{op} {variant} {dtype} {pass_}".replace("  ", " "), fontsize=8)
                 ax.tick_params(labelsize=7)
-                if j == 0:
-                    ax.set_ylabel(ylabel, fontsize=7)
+                ax.set_ylabel(ylabel, fontsize=7)
         handles, labels = axes[0][0].get_legend_handles_labels()
         for row_axes in axes:
             for ax in row_axes:
