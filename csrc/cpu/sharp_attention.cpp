@@ -1,5 +1,7 @@
 // CPU kernels of the sharp attention operator (SPEC section 2): planes in parallel, each plane
-// gathered into a dense buffer, the mask math from csrc/common shared with the CUDA kernels.
+// gathered into a dense buffer. Float32 accumulation (float32, float16, bfloat16 inputs) runs the
+// vectorised kernels of vec_kernels.h where the CPU has AVX2 or AVX-512; float64, and every
+// other CPU, runs the scalar mask math of csrc/common, shared with the CUDA kernels.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -9,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "../common/op_args.h"
@@ -16,6 +19,7 @@
 #include "../common/sharp_mask.h"
 #include "../common/tv_stencil.h"
 #include "plane_io.h"
+#include "vec_kernels.h"
 
 namespace sharpattn::cpu {
 namespace {
@@ -66,6 +70,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     acc_t* stats_data = stats.mutable_data_ptr<acc_t>();
     acc_t* tv_data = return_tv ? tv.mutable_data_ptr<acc_t>() : nullptr;
     const int64_t groups = (HW + 3) / 4;
+
+    if (const VecKernels* vk = vec_for<acc_t>(HW)) {
+      // Float32 accumulation only (vec_for is null otherwise).
+      const auto prmf =
+          make_params<float>(tau, eps, std::string_view(mode.data(), mode.size()), residual);
+      const int64_t HWp = padded_size(HW);
+      const bool noisy = prmf.mode != MaskMode::kMean;
+      at::parallel_for(0, N * C, plane_grain(HW), [&](int64_t begin, int64_t end) {
+        // x, mask, output, t (when separate): padded per-task scratch reused across planes.
+        std::vector<float> scratch((separate_x ? 4 : 3) * HWp);
+        std::vector<uint32_t> words(noisy ? HWp : 0, 0u);  // past 4 * groups stays 0
+        float* xs = scratch.data();
+        float* ms = xs + HWp;
+        float* fs = xs + 2 * HWp;
+        float* ts = separate_x ? xs + 3 * HWp : xs;
+        std::optional<StencilBuffer> attn;  // A = M T, with the stencil's margins
+        std::optional<ColumnTables> cols;
+        if (return_tv) {
+          attn.emplace(H, W);
+          cols.emplace(H, W);
+        }
+        for (int64_t p = begin; p < end; ++p) {
+          const int64_t n = p / C, c = p % C;
+          load_plane(plane_of(x_data, x.strides().data(), n, c), H, W, xs);
+          float lo, hi;
+          vk->min_max(xs, HW, &lo, &hi);
+          std::fill(xs + HW, xs + HWp, lo);  // padding: any finite value
+          if (separate_x) {
+            load_plane(plane_of(t_data, t.strides().data(), n, c), H, W, ts);
+            std::fill(ts + HW, ts + HWp, 0.0f);
+          }
+          const PlaneRange<float> range(lo, hi, prmf.eps);
+          if (noisy)
+            vk->philox_words(words.data(), groups,
+                             philox_counter(static_cast<uint64_t>(offset), p, groups, 0),
+                             static_cast<uint64_t>(seed));
+          vk->mask_values(xs, words.data(), HWp, range, prmf, ms, nullptr);
+          vk->gate(ms, ts, HWp, prmf.residual, fs, return_tv ? attn->data() : nullptr);
+          store_plane(fs, H, W, plane_of(out_data, out.strides().data(), n, c));
+          if (return_mask) store_plane(ms, H, W, plane_of(mask_data, mask.strides().data(), n, c));
+          if (return_tv)
+            tv_data[p] = static_cast<float>(vk->tv_plane(attn->data(), H, W, cols->right.data()));
+          stats_data[2 * p] = lo;
+          stats_data[2 * p + 1] = hi;
+        }
+      });
+      return;
+    }
 
     at::parallel_for(0, N * C, plane_grain(HW), [&](int64_t begin, int64_t end) {
       // x, t (when separate), noise, output, mask: per-task scratch reused across planes.
@@ -136,6 +188,73 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out,
     const acc_t* gtv_data = with_tv ? grad_tv_opt->const_data_ptr<acc_t>() : nullptr;
     const int64_t groups = (HW + 3) / 4;
 
+    if (const VecKernels* vk = vec_for<acc_t>(HW)) {
+      // Float32 accumulation only (vec_for is null otherwise).
+      const auto prmf =
+          make_params<float>(tau, eps, std::string_view(mode.data(), mode.size()), residual);
+      const int64_t HWp = padded_size(HW);
+      const bool noisy = prmf.mode != MaskMode::kMean, hard = prmf.mode == MaskMode::kHard;
+      at::parallel_for(0, N * C, plane_grain(HW), [&](int64_t begin, int64_t end) {
+        // x, grad_out, mask, dT, dX, t (when separate), the relaxed sample (hard mode), dTV/dA
+        // (with TV): padded per-task scratch reused across planes.
+        const int64_t buffers = 5 + separate_x + hard + with_tv;
+        std::vector<float> scratch(buffers * HWp);
+        std::vector<uint32_t> words(noisy ? HWp : 0, 0u);  // past 4 * groups stays 0
+        float* next = scratch.data();
+        auto take = [&]() { float* b = next; next += HWp; return b; };
+        float* xs = take();
+        float* gs = take();
+        float* ms = take();
+        float* dts = take();
+        float* dxs = take();
+        float* ts = separate_x ? take() : xs;
+        float* soft = hard ? take() : ms;  // sample mode: the mask is the relaxed sample
+        float* tvg = with_tv ? take() : nullptr;
+        std::optional<StencilBuffer> attn;  // A = M T, with the stencil's margins
+        std::optional<ColumnTables> cols;
+        if (with_tv) {
+          attn.emplace(H, W);
+          cols.emplace(H, W);
+        }
+        for (int64_t p = begin; p < end; ++p) {
+          const int64_t n = p / C, c = p % C;
+          const PlaneRange<float> range(stats_data[2 * p], stats_data[2 * p + 1], prmf.eps);
+          load_plane(plane_of(x_data, x.strides().data(), n, c), H, W, xs);
+          std::fill(xs + HW, xs + HWp, range.lo);  // padding: any finite value
+          if (separate_x) {
+            load_plane(plane_of(t_data, t.strides().data(), n, c), H, W, ts);
+            std::fill(ts + HW, ts + HWp, 0.0f);
+          }
+          load_plane(plane_of(g_data, grad_out.strides().data(), n, c), H, W, gs);
+          std::fill(gs + HW, gs + HWp, 0.0f);
+          if (noisy)
+            vk->philox_words(words.data(), groups,
+                             philox_counter(static_cast<uint64_t>(offset), p, groups, 0),
+                             static_cast<uint64_t>(seed));
+          vk->mask_values(xs, words.data(), HWp, range, prmf, ms, hard ? soft : nullptr);
+          // With TV, dL/dA at an element needs A at its neighbours: A = M T for the whole
+          // plane first (dts is only scratch for gate's F here), then dTV/dA.
+          if (with_tv) {
+            vk->gate(ms, ts, HWp, prmf.residual, dts, attn->data());
+            vk->tv_grad(attn->data(), H, W, 1.0f, cols->left.data(), cols->right.data(), tvg);
+          }
+          TieSums sums;
+          vk->mask_grad(xs, ts, gs, ms, soft, tvg, with_tv ? gtv_data[p] : 0.0f, HW, range,
+                        prmf, dts, dxs, &sums);
+          // The min/max gradient shared evenly among the tied elements (torch.amin rule).
+          const float share_lo =
+              sums.count_lo ? static_cast<float>(sums.sum_lo / sums.count_lo) : 0.0f;
+          const float share_hi =
+              sums.count_hi ? static_cast<float>(sums.sum_hi / sums.count_hi) : 0.0f;
+          vk->add_tie_shares(xs, HWp, range.lo, range.hi, share_lo, share_hi, dxs, dts,
+                             !separate_x);
+          store_plane(dts, H, W, plane_of(gt_data, grad_t.strides().data(), n, c));
+          if (separate_x) store_plane(dxs, H, W, plane_of(gx_data, grad_x.strides().data(), n, c));
+        }
+      });
+      return;
+    }
+
     at::parallel_for(0, N * C, plane_grain(HW), [&](int64_t begin, int64_t end) {
       // x, t (when separate), grad_out, noise, dT, dX, A = M T: per-task scratch.
       std::vector<acc_t> scratch((with_tv ? 7 : 6) * HW);
@@ -195,6 +314,25 @@ void philox_uniform_out(at::Tensor& out, int64_t seed, int64_t offset) {
   const int64_t P = out.size(0), S = out.size(1), groups = (S + 3) / 4;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "philox_uniform_out_cpu", [&] {
     scalar_t* data = out.mutable_data_ptr<scalar_t>();
+    if (const VecKernels* vk = vec_kernels()) {
+      // Words from the vectorised Philox, chunk by chunk of each row; then the same conversion.
+      constexpr int64_t kChunk = 1024;  // counters per task item
+      const int64_t chunks = (groups + kChunk - 1) / kChunk;
+      at::parallel_for(0, P * chunks, 4, [&](int64_t begin, int64_t end) {
+        std::vector<uint32_t> words(4 * kChunk);
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t p = i / chunks, g0 = (i % chunks) * kChunk;
+          const int64_t ng = std::min(kChunk, groups - g0);
+          vk->philox_words(words.data(), ng,
+                           philox_counter(static_cast<uint64_t>(offset), p, groups, 4 * g0),
+                           static_cast<uint64_t>(seed));
+          const int64_t j0 = 4 * g0, j1 = std::min(S, 4 * (g0 + ng));
+          scalar_t* row = data + p * S;
+          for (int64_t j = j0; j < j1; ++j) row[j] = uniform_from_word<scalar_t>(words[j - j0]);
+        }
+      });
+      return;
+    }
     at::parallel_for(0, P * groups, 4096, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t p = i / groups, j0 = 4 * (i % groups);

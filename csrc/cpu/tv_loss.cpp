@@ -1,4 +1,6 @@
 // CPU kernels of the total variation penalty (SPEC section 3, SAN eq. 6-7), per (n, c) plane.
+// Float32 accumulation runs the vectorised stencils of vec_kernels.h where the CPU has AVX2 or
+// AVX-512, float64 (and other CPUs) the scalar ones of csrc/common/tv_stencil.h.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -13,6 +15,7 @@
 #include "../common/op_args.h"
 #include "../common/tv_stencil.h"
 #include "plane_io.h"
+#include "vec_kernels.h"
 
 namespace sharpattn::cpu {
 namespace {
@@ -32,6 +35,17 @@ at::Tensor tv_per_plane(const at::Tensor& a) {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* a_data = a.const_data_ptr<scalar_t>();
     acc_t* tv_data = tv.mutable_data_ptr<acc_t>();
+    if (const VecKernels* vk = vec_for<acc_t>(HW)) {
+      at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
+        StencilBuffer plane(H, W);
+        const ColumnTables cols(H, W);
+        for (int64_t p = begin; p < end; ++p) {
+          load_plane(plane_of(a_data, a.strides().data(), p / C, p % C), H, W, plane.data());
+          tv_data[p] = static_cast<acc_t>(vk->tv_plane(plane.data(), H, W, cols.right.data()));
+        }
+      });
+      return;
+    }
     at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> plane(HW);
       for (int64_t p = begin; p < end; ++p) {
@@ -54,6 +68,21 @@ at::Tensor tv_per_plane_backward(const at::Tensor& grad, const at::Tensor& a) {
     const scalar_t* a_data = a.const_data_ptr<scalar_t>();
     const acc_t* g_data = grad.const_data_ptr<acc_t>();
     scalar_t* ga_data = grad_a.mutable_data_ptr<scalar_t>();
+    if (const VecKernels* vk = vec_for<acc_t>(HW)) {
+      at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
+        StencilBuffer plane(H, W);
+        const ColumnTables cols(H, W);
+        std::vector<float> out(padded_size(HW));
+        for (int64_t p = begin; p < end; ++p) {
+          const int64_t n = p / C, c = p % C;
+          load_plane(plane_of(a_data, a.strides().data(), n, c), H, W, plane.data());
+          vk->tv_grad(plane.data(), H, W, static_cast<float>(g_data[p]), cols.left.data(),
+                      cols.right.data(), out.data());
+          store_plane(out.data(), H, W, plane_of(ga_data, grad_a.strides().data(), n, c));
+        }
+      });
+      return;
+    }
     at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> plane(HW), out(HW);
       for (int64_t p = begin; p < end; ++p) {
