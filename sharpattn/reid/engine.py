@@ -237,7 +237,7 @@ def evaluate(model, dataset, cfg, device, progress=True, ten_crop=None, rerank=N
         protocol = "cuhk03 classic (single gallery shot, 20 draws)"
     else:
         r = evaluate_rank(distmat, qp, gp, qc, gc, ap_mode=cfg.eval.ap_mode)
-        protocol = f"standard ({cfg.eval.ap_mode} AP)"
+        protocol = f"Market-1501 style, {cfg.eval.ap_mode} AP"
     cmc = np.asarray(r["cmc"], dtype=float)
     metrics = {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
                "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(r["mAP"]),
