@@ -123,8 +123,12 @@ def test_imagenet_weights_errors(tmp_path):
 
 
 def test_autocast_bf16_and_channels_last_train_step():
+    # 64x32, not smaller: on the CPU, PyTorch 2.15's bfloat16 backward of a 3x3 stride-2
+    # convolution over a 2x1 map (layer4's entry at 32x16 images) returns non-finite weight
+    # gradients for about a third of random inputs, plain torchvision ResNet-50 included.
+    torch.manual_seed(0)
     model = san_resnet50().train().to(memory_format=torch.channels_last)
-    images = torch.randn(2, 3, 32, 16).to(memory_format=torch.channels_last)
+    images = torch.randn(2, 3, 64, 32).to(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         embeddings = model(images)
         loss = embeddings.float().pow(2).mean() + 0.1 * sharpattn.tv_penalty(model)
