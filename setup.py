@@ -164,6 +164,8 @@ setup(
     # and is installed as sharpattn.kernels.
     packages=find_packages(include=["sharpattn", "sharpattn.*"]) + ["sharpattn.kernels"],
     package_dir={"sharpattn.kernels": "kernels"},
+    # The training configs (one YAML per Table I row) ship inside the package.
+    package_data={"sharpattn.reid": ["configs/*.yaml", "configs/*/*.yaml"]},
     ext_modules=_extensions(),
     cmdclass={"build_ext": _build_ext()},
 )
