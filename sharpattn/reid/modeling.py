@@ -10,19 +10,15 @@ penalty is zero and it has no masks.
 
 from __future__ import annotations
 
-import contextlib
-
-import torch
+import sharpattn
 
 __all__ = ["MODELS", "build_model", "model_spec", "recording_masks", "register_model",
            "set_temperature", "tv_penalty"]
 
 
 def _san_resnet50(**kwargs):
-    try:
-        from sharpattn.models import san_resnet50
-    except ImportError as e:
-        raise ImportError(f"model.arch san_resnet50 needs sharpattn.models, which failed to import: {e}") from e
+    from sharpattn.models import san_resnet50
+
     kwargs["blocks"] = tuple(kwargs["blocks"])
     kwargs["context"] = tuple(kwargs["context"])
     return san_resnet50(**kwargs)
@@ -52,27 +48,8 @@ def build_model(spec):
     return MODELS[arch](**dict(spec["kwargs"]))
 
 
-def _api(name):
-    import sharpattn
-    return getattr(sharpattn, name, None)
-
-
-def set_temperature(model, tau):
-    fn = _api("set_temperature")
-    if fn is not None:
-        fn(model, tau)
-
-
-def tv_penalty(model):
-    fn = _api("tv_penalty")
-    if fn is None:
-        p = next(iter(model.parameters()), None)
-        return torch.zeros((), device=p.device if p is not None else "cpu")
-    return fn(model)
-
-
-def recording_masks(model):
-    fn = _api("recording_masks")
-    if fn is None:
-        return contextlib.nullcontext({})
-    return fn(model)
+# The engine's hooks into a model are sharpattn's own model-wide helpers; a model without sharp
+# attention blocks has a zero TV penalty, no masks, and nothing for set_temperature to set.
+set_temperature = sharpattn.set_temperature
+tv_penalty = sharpattn.tv_penalty
+recording_masks = sharpattn.recording_masks
