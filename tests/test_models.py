@@ -174,6 +174,7 @@ def _ddp_worker(rank, world, init_file, result_file):
         torch.save({"same": all(torch.equal(g, gathered[0]) for g in gathered),
                     "nonzero": bool(grads.abs().sum() > 0),
                     "tv": float(sharpattn.tv_penalty(ddp))}, result_file)
+    dist.barrier()  # no rank tears the group down while another still uses it
     dist.destroy_process_group()
 
 

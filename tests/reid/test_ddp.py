@@ -1,7 +1,6 @@
 """DDP on the CPU: gloo, 2 processes (torch.multiprocessing.spawn)."""
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -13,18 +12,19 @@ import torch.multiprocessing as mp
 HERE = Path(__file__).parent
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _init(rank, world, port):
+def _init(rank, world, init_file):
+    # A file rendezvous, not a TCP store hosted by rank 0: rank 0 exiting first cannot then cut
+    # rank 1's store connection during teardown (which aborted rank 1 now and then).
     sys.path.insert(0, str(HERE))
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+
+
+def _finish():
+    dist.barrier()  # no rank tears the group down while another still uses it
+    dist.destroy_process_group()
 
 
 def _tiny_cfg(extra=()):
@@ -40,8 +40,8 @@ def _batch():
     return images, pids
 
 
-def _loss_worker(rank, world, port, out_dir):
-    _init(rank, world, port)
+def _loss_worker(rank, world, init_file, out_dir):
+    _init(rank, world, init_file)
     try:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -58,12 +58,13 @@ def _loss_worker(rank, world, port, out_dir):
         grads = {n: p.grad.clone() for n, p in raw.named_parameters()}
         torch.save({"stats": dict(st), "grads": grads}, Path(out_dir) / f"rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        _finish()
 
 
 def test_ddp_loss_and_gradients_match_one_process_on_the_whole_batch(tmp_path):
     # 2 processes with 8 images each mine over all 16 embeddings; one process sees all 16.
-    mp.spawn(_loss_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_loss_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2,
+             join=True)
     sys.path.insert(0, str(HERE))
     from sharpattn.reid.engine import compute_loss
     from sharpattn.reid.modeling import build_model, model_spec
@@ -82,8 +83,8 @@ def test_ddp_loss_and_gradients_match_one_process_on_the_whole_batch(tmp_path):
             torch.testing.assert_close(r["grads"][n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
 
 
-def _train_worker(rank, world, port, data_root, out_dir):
-    _init(rank, world, port)
+def _train_worker(rank, world, init_file, data_root, out_dir):
+    _init(rank, world, init_file)
     try:
         from sharpattn.reid.engine import train
         cfg = _tiny_cfg([f"data.root={data_root}", "optim.epochs=2", "data.num_identities=2"])
@@ -91,12 +92,13 @@ def _train_worker(rank, world, port, data_root, out_dir):
         if rank == 0:
             torch.save({"mAP": summary["metrics"]["mAP"]}, Path(out_dir) / "done.pt")
     finally:
-        dist.destroy_process_group()
+        _finish()
 
 
 def test_ddp_training_run(tmp_path, data_root):
     out = tmp_path / "run"
-    mp.spawn(_train_worker, args=(2, _free_port(), str(data_root), str(out)), nprocs=2, join=True)
+    mp.spawn(_train_worker, args=(2, str(tmp_path / "rendezvous"), str(data_root), str(out)),
+             nprocs=2, join=True)
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2 and ckpt["epoch"] == 2
     assert torch.load(out / "done.pt", weights_only=True)["mAP"] >= 0
