@@ -25,6 +25,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, out_path):
+    """Write a figure (parent folders made) and release it."""
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=90)
+    _pyplot().close(fig)
+    return out_path
+
+
 def plot_training_curves(history, out_path, title=None):
     """Loss (triplet, mu * TV, total), triplet precision, lr and tau, rank-1 and mAP per epoch.
 
@@ -68,12 +78,7 @@ def plot_training_curves(history, out_path, title=None):
     ax.set_xlabel("epoch")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=90)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out_path)
 
 
 @torch.no_grad()
@@ -125,10 +130,5 @@ def plot_attention_masks(model, images, out_path, mean=IMAGENET_MEAN, std=IMAGEN
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("attention mask per block\n(channel mean: blue 0, red 1)", fontsize=8)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=90)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out_path)
 
