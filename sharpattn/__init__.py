@@ -13,12 +13,13 @@
 from . import _extension, _grid_ops, _ops, backends, functional, reference  # noqa: F401
 from ._extension import build_info
 from .modules import (ContextAwareUnit, GridOcclusion, SharpAttentionBlock, SharpMask,
-                      TemperatureSchedule, TVLoss, recording_masks, set_temperature, tv_penalty)
+                      TemperatureSchedule, TVLoss, recording_gradients, recording_masks,
+                      set_temperature, tv_penalty)
 
 __version__ = "0.1.0"
 __all__ = ["ContextAwareUnit", "GridOcclusion", "SharpAttentionBlock", "SharpMask",
            "TVLoss", "TemperatureSchedule", "backends", "build_info", "functional", "models",
-           "recording_masks", "reference", "set_temperature", "tv_penalty"]
+           "recording_gradients", "recording_masks", "reference", "set_temperature", "tv_penalty"]
 
 
 def __getattr__(name):

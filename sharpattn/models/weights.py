@@ -33,8 +33,27 @@ def backbone_key_map(model: nn.Module) -> dict[str, str]:
     return mapping
 
 
+def backbone_of_checkpoint(state: dict) -> dict:
+    """The backbone of a sharpattn model's state_dict under torchvision's key names: a trained
+    baseline (or SAN) can then initialise another model as ImageNet weights would."""
+    out = {}
+    for key, value in state.items():
+        top, _, rest = key.partition(".")
+        if top in ("conv1", "bn1"):
+            out[key] = value
+        elif top in ("layer1", "layer2", "layer3", "layer4"):
+            first, _, tail = rest.partition(".")
+            if first == "stage":  # a wrapped stage: its backbone part
+                out[f"{top}.{tail}"] = value
+            elif first.isdigit():  # a plain stage
+                out[key] = value
+    return out
+
+
 def load_imagenet_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
     """Copy torchvision ResNet-50 weights from `path` into the model's backbone, strictly.
+
+    `path` may also be a sharpattn checkpoint (last.pt / best.pt): its backbone is used.
 
     Every backbone parameter and buffer must be in the file and every tensor of the file must
     land in the backbone, except torchvision's ImageNet classifier (fc.*), which SAN replaces
@@ -48,6 +67,8 @@ def load_imagenet_weights(model: nn.Module, path: str | os.PathLike) -> list[str
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if isinstance(state, dict) and "format" in state and isinstance(state.get("model"), dict):
+        state = backbone_of_checkpoint(state["model"])  # a sharpattn checkpoint (last.pt / best.pt)
     mapping = backbone_key_map(model)
     source = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing = sorted(set(mapping) - set(source))

@@ -1,7 +1,8 @@
 """Drop-in nn.Modules over the sharpattn operators."""
 
 from .block import SharpAttentionBlock
-from .collect import attention_blocks, recording_masks, set_temperature, tv_penalty
+from .collect import (attention_blocks, recording_gradients, recording_masks, set_temperature,
+                      tv_penalty)
 from .context import ContextAwareUnit
 from .losses import TVLoss
 from .masks import PowerMask, SharpMask, SoftMask, ThresholdMask
@@ -10,4 +11,4 @@ from .schedule import TemperatureSchedule
 
 __all__ = ["ContextAwareUnit", "GridOcclusion", "PowerMask", "SharpAttentionBlock", "SharpMask",
            "SoftMask", "TVLoss", "TemperatureSchedule", "ThresholdMask", "attention_blocks",
-           "recording_masks", "set_temperature", "tv_penalty"]
+           "recording_gradients", "recording_masks", "set_temperature", "tv_penalty"]

@@ -39,7 +39,8 @@ class SharpAttentionBlock(nn.Module):
     def __init__(self, stage: nn.Module, channels: int | None = None, context_unit: bool = False,
                  residual: bool = True, tv: bool = True, mask: str = "sharp", *, tau: float = 1.0,
                  train_mode: str = "sample", eval_mode: str = "mean", threshold: float = 0.3,
-                 power: float = 2, backend: str | None = None):
+                 power: float = 2, backend: str | None = None, range_eps: float | None = None,
+                 logit_floor: float | None = None, detach_range: bool = False):
         super().__init__()
         if mask not in MASK_KINDS:
             raise ValueError(f"SharpAttentionBlock: mask must be one of {MASK_KINDS}, "
@@ -53,14 +54,16 @@ class SharpAttentionBlock(nn.Module):
         self.channels = channels
         self.context = ContextAwareUnit(channels) if context_unit else None
         self.gate = make_gate(mask, tau=tau, train_mode=train_mode, eval_mode=eval_mode,
-                              threshold=threshold, power=power, backend=backend)
+                              threshold=threshold, power=power, backend=backend, range_eps=range_eps,
+                              logit_floor=logit_floor, detach_range=detach_range)
         self.mask_kind = mask
         self.residual = residual
         self.tv = tv
         self.last_tv: torch.Tensor | None = None
         self._tv_shape: torch.Size | None = None
         self._mask_sink: dict | None = None
-        self._mask_key = ""
+        self._record_key = ""
+        self._grad_sink: dict | None = None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         t = self.stage(input)
@@ -69,14 +72,32 @@ class SharpAttentionBlock(nn.Module):
             x = self.context(t)
             if x.dtype != t.dtype:  # autocast may leave the unit's output in another dtype
                 x = x.to(t.dtype)
+        probe = self._grad_sink is not None and torch.is_grad_enabled()
+        if probe and x is None:
+            # The mask input as a tensor of its own (same values as t), so that the gradient
+            # through the mask arrives separately from the gradient through T.
+            x = t.view_as(t)
         want_tv = self.tv and self.training
         out, mask, tv = self.gate(t, x, residual=self.residual,
                                   return_mask=self._mask_sink is not None, return_tv=want_tv)
         self.last_tv = tv
         self._tv_shape = t.shape
         if self._mask_sink is not None:
-            self._mask_sink[self._mask_key] = mask.detach()
+            self._mask_sink[self._record_key] = mask.detach()
+        if probe:
+            self._record_gradient(x, "mask_input")
+            self._record_gradient(out, "output")
         return out
+
+    def _record_gradient(self, tensor: torch.Tensor, what: str) -> None:
+        if not tensor.requires_grad:
+            return
+        sink, key = self._grad_sink, self._record_key
+
+        def hook(grad):
+            sink.setdefault(key, {})[what] = grad.detach()
+
+        tensor.register_hook(hook)
 
     def tv_penalty(self) -> torch.Tensor | None:
         """The last training forward's TV penalty per element (TVLoss "mean"), or None."""

@@ -53,9 +53,33 @@ def recording_masks(model: nn.Module):
     masks: dict[str, torch.Tensor] = {}
     blocks = list(attention_blocks(model))
     for name, block in blocks:
-        block._mask_sink, block._mask_key = masks, name
+        block._mask_sink, block._record_key = masks, name
     try:
         yield masks
     finally:
         for _, block in blocks:
             block._mask_sink = None
+
+
+@contextlib.contextmanager
+def recording_gradients(model: nn.Module):
+    """Within the `with`, a backward stores each block's incoming gradients (diagnostics).
+
+        with sharpattn.recording_gradients(model) as grads:
+            loss_of(model(images)).backward()
+        grads["layer1"]["mask_input"]  # dL/dX: the gradient that flows through the mask
+        grads["layer1"]["output"]      # dL/dF at the block's output (F = (1 + M) * T)
+
+    `mask_input` is the gradient reaching the mask's input X (the context unit's output, or T
+    itself, passed to the gate as a separate view so that the two paths stay apart); it is what
+    the mask's derivative (eq. 3-5) produces, before it joins the gradient through T.
+    """
+    grads: dict[str, dict[str, torch.Tensor]] = {}
+    blocks = list(attention_blocks(model))
+    for name, block in blocks:
+        block._grad_sink, block._record_key = grads, name
+    try:
+        yield grads
+    finally:
+        for _, block in blocks:
+            block._grad_sink = None

@@ -36,11 +36,26 @@ class SharpMask(nn.Module):
 
     `tau` may be set at any time (e.g. every epoch from a TemperatureSchedule): it is held in a
     CPU tensor updated in place, so a compiled model does not recompile for a new value.
+
+    Gradient bounds (training-stability studies, docs/training.md; all off by default, which is
+    the spec's formula on the fused kernels). Any of them switches the module to an eager
+    PyTorch path with the same Philox noise:
+
+      range_eps     eps grows with the plane: eps + range_eps * (hi - lo) in eq. 3, so no
+                    position's logit derivative exceeds ~1 / (range_eps * (hi - lo))
+      logit_floor   p is clamped to [logit_floor, 1 - logit_floor] before the logit
+      detach_range  no gradient through the plane's min and max (lo, hi)
     """
 
     def __init__(self, tau: float = 1.0, *, train_mode: str = "sample", eval_mode: str = "mean",
-                 eps: float = 1e-6, backend: str | None = None):
+                 eps: float = 1e-6, backend: str | None = None, range_eps: float | None = None,
+                 logit_floor: float | None = None, detach_range: bool = False):
         super().__init__()
+        if range_eps is not None:
+            _checks.positive_finite(range_eps, "range_eps")
+        if logit_floor is not None and not 0.0 < logit_floor < 0.5:
+            raise ValueError(f"SharpMask: logit_floor must be in (0, 0.5), got {logit_floor}")
+        self.range_eps, self.logit_floor, self.detach_range = range_eps, logit_floor, bool(detach_range)
         if train_mode not in TRAIN_MODES:
             raise ValueError(f"SharpMask: train_mode must be one of {TRAIN_MODES}, "
                              f"got {train_mode!r}")
@@ -75,7 +90,15 @@ class SharpMask(nn.Module):
         if x is not None:
             _checks.same_map(t, x, "x")
         name = backends.resolve(self.backend, t.device)
-        rng = _module_op.draw_rng()
+        # The deterministic "mean" mask uses no noise: draw none, so that evaluating a model leaves
+        # the random stream of its training untouched.
+        rng = _module_op.draw_rng() if self.mode != "mean" else torch.zeros(2, dtype=torch.int64)
+        if self.bounded:
+            seed, offset = rng.tolist()
+            return bounded_sharp_attention(t, x, tau=self.tau, seed=seed, offset=offset, mode=self.mode,
+                                           residual=residual, eps=self.eps, range_eps=self.range_eps,
+                                           logit_floor=self.logit_floor, detach_range=self.detach_range,
+                                           return_mask=return_mask, return_tv=return_tv)
         if name == "reference":
             # The eager reference takes Python numbers (a graph break under torch.compile).
             seed, offset = rng.tolist()
@@ -89,9 +112,45 @@ class SharpMask(nn.Module):
                 return_mask=return_mask, return_tv=return_tv, backend=name)
         return out, (mask if return_mask else None), tv
 
+    @property
+    def bounded(self) -> bool:
+        return self.range_eps is not None or self.logit_floor is not None or self.detach_range
+
     def extra_repr(self) -> str:
+        bounds = "".join(f", {k}={v!r}" for k, v in (("range_eps", self.range_eps),
+                                                     ("logit_floor", self.logit_floor),
+                                                     ("detach_range", self.detach_range)) if v)
         return (f"tau={self.tau:g}, train_mode={self.train_mode!r}, "
-                f"eval_mode={self.eval_mode!r}")
+                f"eval_mode={self.eval_mode!r}{bounds}")
+
+
+def bounded_sharp_attention(t, x, *, tau, seed, offset, mode, residual, eps, range_eps, logit_floor,
+                            detach_range, return_mask, return_tv):
+    """Eq. 3-5 with SharpMask's gradient bounds, in eager PyTorch; with every bound off it is
+    the reference (the same Philox noise for the same seed and offset)."""
+    acc = reference.accumulation_dtype(t.dtype)
+    t_acc = t.to(acc)
+    x_acc = t_acc if x is None else x.to(acc)
+    lo = x_acc.amin(dim=(-2, -1), keepdim=True)
+    hi = x_acc.amax(dim=(-2, -1), keepdim=True)
+    if detach_range:
+        lo, hi = lo.detach(), hi.detach()
+    e = eps if range_eps is None else eps + range_eps * (hi - lo)
+    if mode == "mean":
+        m = (x_acc - lo + e) / (hi - lo + 2 * e)
+    else:
+        if logit_floor is None:
+            z = torch.log(x_acc - lo + e) - torch.log(hi - x_acc + e)
+        else:
+            p = ((x_acc - lo + e) / (hi - lo + 2 * e)).clamp(logit_floor, 1 - logit_floor)
+            z = torch.log(p) - torch.log1p(-p)
+        z = z + reference.logistic_noise(x_acc.shape, seed=seed, offset=offset, device=x_acc.device,
+                                         dtype=acc)
+        soft = torch.sigmoid(z / tau)
+        m = soft if mode == "sample" else (z > 0).to(acc) + (soft - soft.detach())
+    out = ((1 + m) * t_acc if residual else m * t_acc).to(t.dtype)
+    tv = F.tv_loss(m * t_acc, backend="reference") if return_tv else None
+    return out, (m.detach().to(t.dtype) if return_mask else None), tv
 
 
 class _EagerGate(nn.Module):
@@ -163,10 +222,14 @@ class PowerMask(_EagerGate):
 
 def make_gate(kind: str, *, tau: float = 1.0, train_mode: str = "sample",
               eval_mode: str = "mean", threshold: float = 0.3, power: float = 2,
-              backend: str | None = None) -> nn.Module:
-    """The gate of a SharpAttentionBlock by name: "sharp", "soft", "threshold" or "power"."""
+              backend: str | None = None, **bounds) -> nn.Module:
+    """The gate of a SharpAttentionBlock by name: "sharp", "soft", "threshold" or "power".
+
+    `bounds` (range_eps, logit_floor, detach_range) go to a SharpMask."""
     if kind == "sharp":
-        return SharpMask(tau, train_mode=train_mode, eval_mode=eval_mode, backend=backend)
+        return SharpMask(tau, train_mode=train_mode, eval_mode=eval_mode, backend=backend, **bounds)
+    if any(v not in (None, False) for v in bounds.values()):
+        raise ValueError(f"sharpattn: {sorted(bounds)} apply to mask='sharp' only, not {kind!r}")
     if kind == "soft":
         return SoftMask()
     if kind == "threshold":

@@ -95,6 +95,10 @@ def load_checkpoint(path, map_location="cpu"):
                 path = path / name
                 break
         else:
+            runs = sorted(d.name for d in path.iterdir() if (d / "last.pt").is_file() or (d / "best.pt").is_file())
+            if runs:  # e.g. the demo's folder, one run per model
+                raise CheckpointError(f"{path} holds {len(runs)} runs ({', '.join(runs)}), not one: name one, "
+                                      f"e.g. {path / runs[-1]}")
             raise CheckpointError(f"no checkpoint in {path}: expected last.pt or best.pt there")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -72,6 +73,10 @@ class ModelConfig:
     mask: str = "sharp"
     embedding_dim: int = 128
     weights: typing.Optional[str] = None  # local torchvision ResNet-50 ImageNet weights (.pth)
+    # SharpMask gradient bounds (docs/training.md "Why SAN collapsed"); off = the paper's formula
+    range_eps: typing.Optional[float] = None   # eps + range_eps * (hi - lo) in eq. 3
+    logit_floor: typing.Optional[float] = None  # p clamped to [f, 1 - f] inside the logit
+    detach_range: bool = False       # no gradient through the plane's min / max
 
 
 @dataclass
@@ -88,6 +93,7 @@ class OptimConfig:
     epochs: int = 150
     decay_start: int = 100           # lr constant until here, then exponential decay
     final_lr_factor: float = 0.001   # lr * final_lr_factor at the last epoch
+    grad_clip: typing.Optional[float] = None  # global gradient-norm clip before each step; null: off
 
 
 @dataclass
@@ -108,6 +114,7 @@ class TrainConfig:
     progress: bool = True            # tqdm progress bars
     pictures: bool = True            # curves.png (at evaluations and the end), ranks.png, masks.png
     threads: int = 0                 # torch.set_num_threads (0: torch's default)
+    diagnostics_every: int = 50      # mask / gradient statistics every n steps (0: off); see diagnostics.py
 
 
 @dataclass
@@ -118,7 +125,7 @@ class EvalConfig:
     ap_mode: str = "standard"        # "standard" (torchreid) or "market" (official MATLAB code)
     batch_size: int = 64
     ranked_queries: int = 8          # rows of the ranked-list picture
-    mask_images: int = 6             # images in the attention-mask picture
+    mask_images: int = 2             # images (column groups) in the attention-mask picture
 
 
 @dataclass
@@ -167,6 +174,10 @@ class Config:
         if any(c not in self.model.blocks for c in self.model.context):
             bad("model.context", f"context units {self.model.context} must be on sharp attention blocks "
                                  f"{self.model.blocks}")
+        if self.optim.grad_clip is not None and not (math.isfinite(self.optim.grad_clip) and self.optim.grad_clip > 0):
+            bad("optim.grad_clip", f"must be null (off) or a finite number > 0, got {self.optim.grad_clip}")
+        if self.train.diagnostics_every < 0:
+            bad("train.diagnostics_every", f"must be >= 0, got {self.train.diagnostics_every}")
         if self.train.eval_every < 0 or self.train.checkpoint_every < 0:
             bad("train.eval_every", "eval_every and checkpoint_every must be >= 0")
         return self

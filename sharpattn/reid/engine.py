@@ -37,10 +37,13 @@ from .config import Config, config_from_dict, config_to_dict
 from .datasets import (CUHK03, MSMT17, DukeMTMCreID, ImageDataset, ImageFolderReID, Market1501,
                        make_synthetic)
 from .datasets.image_dataset import read_image
+from .diagnostics import (EpochDiagnostics, block_columns, gradient_statistics, mask_statistics, probing,
+                          sharpness_line)
 from .features import extract_features
 from .losses import all_gather_with_grad, batch_hard_triplet_loss
 from .metrics import compute_distance_matrix, evaluate_cuhk03_classic, evaluate_rank, re_ranking
 from .modeling import build_model, model_spec, set_temperature, tv_penalty
+from .optim import backward_and_step
 from .sampler import IdentityBatchSampler
 from .schedule import LRSchedule, temperature_schedule
 from .transforms import build_test_transform, build_train_transform
@@ -408,9 +411,18 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - tensorboard is optional
             self.log(f"[sharpattn] TensorBoard logging off ({e})")
 
+    def _tb_blocks(self, mask_stats, grad_stats):
+        for name in sorted(set(mask_stats) | set(grad_stats)):
+            for key, value in {**mask_stats.get(name, {}), **grad_stats.get(name, {})}.items():
+                group = "mask" if key.startswith("mask") else "grad"
+                self.tb.add_scalar(f"{group}/{name}/{key}", value, self.global_step)
+
     def _write_csv(self):
         keys = ["epoch", "lr", "tau", "loss", "triplet", "tv", "tv_weighted", "precision", "dist_ap", "dist_an",
-                "time_s", "rank1", "rank5", "mAP", "mINP"]
+                "grad_norm", "grad_norm_max", "clip_frac", "time_s", "rank1", "rank5", "mAP", "mINP"]
+        if not any("tau" in h for h in self.history):
+            keys.remove("tau")
+        keys += block_columns(self.history)
         tmp = self.out_dir / ".log.csv.tmp"
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
@@ -443,8 +455,18 @@ class Trainer:
             stop = bool(t.item() > 0)
         return stop
 
+    def finished(self):
+        """True when resuming a run that already trained ``optim.epochs`` epochs."""
+        ck = self.resume_ckpt
+        return ck is not None and ck["epoch"] >= self.cfg.optim.epochs and not ck["step"]
+
     def fit(self):
-        """Train to ``optim.epochs``; returns the summary dict (also written to summary.json)."""
+        """Train to ``optim.epochs``; returns the summary dict (also written to summary.json).
+
+        Resuming a finished run changes no file: it says so and returns the run's summary.
+        """
+        if self.finished():
+            return self._already_finished()
         self._setup()
         self._open_logs()
         cfg = self.cfg
@@ -473,9 +495,11 @@ class Trainer:
         lr, tau = self.lr_schedule(e), float(self.tau_schedule(e))
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        set_temperature(self.raw_model, tau)
+        has_tau = set_temperature(self.raw_model, tau) > 0
         self.model.train()
         acc = self._epoch_acc or {"n": 0, "time_s": 0.0}
+        diag = EpochDiagnostics(acc.setdefault("diagnostics", None))
+        acc["diagnostics"] = diag.state
         self.sampler.set_epoch(e)
         total = len(self.sampler)
         loader = self._loader(e, self.step)
@@ -491,16 +515,27 @@ class Trainer:
             if cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             pids = torch.as_tensor(pids).to(self.device)
-            with self._amp_ctx():
-                loss, st = compute_loss(self.model, images, pids, cfg, self.raw_model)
-            if not math.isfinite(st["loss"]):
-                raise FloatingPointError(f"loss is {st['loss']} at epoch {e + 1}, step {self.step + 1} "
-                                         f"(triplet {st['triplet']}, tv {st['tv']}); lower optim.lr or use "
-                                         f"train.amp=none/bf16")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            every = cfg.train.diagnostics_every
+            probe = self.main and every > 0 and self.global_step % every == 0
+            with probing(self.raw_model, probe) as recorded:
+                with self._amp_ctx():
+                    loss, st = compute_loss(self.model, images, pids, cfg, self.raw_model)
+                if not math.isfinite(st["loss"]):
+                    raise FloatingPointError(f"loss is {st['loss']} at epoch {e + 1}, step {self.step + 1} "
+                                             f"(triplet {st['triplet']}, tv {st['tv']}); lower optim.lr or use "
+                                             f"train.amp=none/bf16")
+                # Under DDP the backward averages the gradients first: every process clips alike.
+                scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+                grad_norm, clipped = backward_and_step(loss, self.optimizer, self.scaler,
+                                                       list(self.raw_model.parameters()), cfg.optim.grad_clip)
+            diag.add_step(grad_norm, clipped)
+            st["grad_norm"] = grad_norm
+            if recorded is not None:
+                masks, grads = recorded
+                m_stats, g_stats = mask_statistics(masks), gradient_statistics(grads, scale)
+                diag.add_probe(m_stats, g_stats)
+                if self.tb is not None:
+                    self._tb_blocks(m_stats, g_stats)
             self.step += 1
             self.global_step += 1
             acc["n"] += 1
@@ -508,12 +543,14 @@ class Trainer:
                 v = st[k]
                 acc[k] = acc.get(k, 0.0) + (v if math.isfinite(v) else 0.0)
             if self.tb is not None:
-                for k in ("loss", "triplet", "tv", "precision"):
+                for k in ("loss", "triplet", "tv", "precision", "grad_norm"):
                     self.tb.add_scalar(f"train/{k}", st[k], self.global_step)
+                self.tb.add_scalar("train/grad_clipped", float(clipped), self.global_step)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{st['loss']:.3f}", prec=f"{st['precision']:.2f}", tau=f"{tau:.3f}",
-                                lr=f"{lr:.1e}")
+                extra = {"tau": f"{tau:.3f}"} if has_tau else {}
+                bar.set_postfix(loss=f"{st['loss']:.3f}", prec=f"{st['precision']:.2f}", gnorm=f"{grad_norm:.2g}",
+                                **extra, lr=f"{lr:.1e}")
             if cfg.train.checkpoint_every and self.global_step % cfg.train.checkpoint_every == 0 \
                     and self.step < total:
                 acc["time_s"] += time.time() - t0
@@ -533,6 +570,9 @@ class Trainer:
             rec = {"epoch": e, "lr": lr, "tau": tau, "time_s": acc["time_s"], "steps": acc["n"]}
             for k in ("loss", "triplet", "tv", "tv_weighted", "precision", "dist_ap", "dist_an"):
                 rec[k] = acc.get(k, 0.0) / n
+            rec.update(diag.summary())
+            if not has_tau:
+                rec.pop("tau")  # a model without sharp masks has no temperature
             self.history.append(rec)
             self._epoch_acc = None
 
@@ -555,14 +595,23 @@ class Trainer:
             _barrier()
         if self.main:
             msg = (f"epoch {e + 1}/{cfg.optim.epochs}: loss {rec['loss']:.4f} (triplet {rec['triplet']:.4f}, "
-                   f"mu*tv {rec['tv_weighted']:.4f}) prec {rec['precision']:.2f} lr {rec['lr']:.2e} "
-                   f"tau {rec['tau']:.3f} {rec['time_s']:.0f}s")
+                   f"mu*tv {rec['tv_weighted']:.4f}) prec {rec['precision']:.2f} lr {rec['lr']:.2e}"
+                   + (f" tau {rec['tau']:.3f}" if "tau" in rec else "")
+                   + f" |g| {rec['grad_norm']:.3g} (max {rec['grad_norm_max']:.3g}"
+                   + (f", clipped {100 * rec['clip_frac']:.0f}%" if cfg.optim.grad_clip is not None else "")
+                   + f") {rec['time_s']:.0f}s")
             if "rank1" in rec:
                 msg += f" | rank-1 {100 * rec['rank1']:.1f} mAP {100 * rec['mAP']:.1f}"
             self.log(msg)
+            masks_line = sharpness_line(rec)
+            if masks_line:
+                self.log(f"  masks, mean (<0.1/>0.9): {masks_line}")
             if self.tb is not None:
                 self.tb.add_scalar("train/lr", rec["lr"], self.global_step)
-                self.tb.add_scalar("train/tau", rec["tau"], self.global_step)
+                if "tau" in rec:
+                    self.tb.add_scalar("train/tau", rec["tau"], self.global_step)
+                for k in ("grad_norm", "grad_norm_max", "clip_frac"):
+                    self.tb.add_scalar(f"epoch/{k}", rec[k], self.global_step)
                 self.tb.flush()
             self._write_csv()
             if cfg.train.pictures and "rank1" in rec:
@@ -571,11 +620,22 @@ class Trainer:
         self.step = 0
         self.save_last()
 
+    def _already_finished(self):
+        ck = self.resume_ckpt
+        self.log(f"{self.cfg.name}: {self.out_dir} is finished ({ck['epoch']} of {self.cfg.optim.epochs} epochs "
+                 f"done); nothing to train, no file changed. To train on, ask for more epochs: "
+                 f"--resume {self.out_dir} optim.epochs={ck['epoch'] + 10}")
+        path = Path(ck["path"]).parent / "summary.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        return {"name": self.cfg.name, "out_dir": str(self.out_dir), "metrics": ck.get("metrics"),
+                "best": _one_based(ck["best"]), "epochs": ck["epoch"], "model_spec": self.spec}
+
     def _finish(self, elapsed):
         """Pictures and the final report (main process)."""
         cfg = self.cfg
         summary = {"name": cfg.name, "out_dir": str(self.out_dir), "metrics": self.last_metrics,
-                   "best": self.best, "epochs": cfg.optim.epochs, "seconds": elapsed,
+                   "best": _one_based(self.best), "epochs": cfg.optim.epochs, "seconds": elapsed,
                    "model_spec": self.spec}
         if not self.main:
             return summary
@@ -589,6 +649,16 @@ class Trainer:
         return summary
 
 
+def _one_based(best):
+    """The best evaluation with its epoch counted from 1, as in log.csv and report.md."""
+    best = dict(best)
+    if best.get("epoch", -1) >= 0:
+        best["epoch"] += 1
+    else:
+        best["epoch"] = None
+    return best
+
+
 def write_pictures(model, dataset, cfg, device, out_dir, distmat=None, log=print):
     """ranks.png (ranked lists) and masks.png (attention masks; none for a model without blocks)."""
     from .plots import plot_attention_masks
@@ -600,7 +670,8 @@ def write_pictures(model, dataset, cfg, device, out_dir, distmat=None, log=print
             _, distmat = evaluate(model, dataset, cfg, device, progress=False, ten_crop=False, rerank=False)
         out["ranks"] = plot_ranked_lists(distmat, dataset.query, dataset.gallery, out_dir / "ranks.png",
                                          num_queries=cfg.eval.ranked_queries, seed=cfg.train.seed,
-                                         cell=(128, 64))
+                                         cell=(128, 64), title=f"{cfg.name} on {cfg.data.name}",
+                                         distractor_pid=getattr(dataset, "distractor_pid", None))
     except Exception as e:  # noqa: BLE001 - pictures are a report, not the result
         log(f"[sharpattn] could not draw ranks.png: {e}")
     try:
@@ -643,7 +714,7 @@ def write_report(path, cfg, metrics, history, best, elapsed):
     if history:
         h = history[-1]
         lines += [f"Last epoch: loss {h['loss']:.4f}, triplet precision {h['precision']:.2f}, "
-                  f"lr {h['lr']:.2e}, tau {h['tau']:.3f}.", ""]
+                  f"lr {h['lr']:.2e}" + (f", tau {h['tau']:.3f}" if "tau" in h else "") + ".", ""]
     lines += ["Files: `last.pt` (resume), `best.pt` (weights), `log.csv`, `tensorboard/`, `curves.png`, "
               "`ranks.png`, `masks.png`, `config.yaml`, `summary.json`.", ""]
     Path(path).write_text("\n".join(lines))

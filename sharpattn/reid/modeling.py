@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import sharpattn
 
-__all__ = ["MODELS", "build_model", "model_spec", "recording_masks", "register_model",
-           "set_temperature", "tv_penalty"]
+__all__ = ["MODELS", "build_model", "model_spec", "recording_masks", "recording_gradients",
+           "register_model", "set_temperature", "tv_penalty"]
 
 
 def _san_resnet50(**kwargs):
@@ -35,9 +35,15 @@ def register_model(name, builder):
     return builder
 
 
+#: Model options passed to the builder only when set: models registered before they existed
+#: (and checkpoints written before) keep working unchanged.
+OPTIONAL_KWARGS = {"range_eps": None, "logit_floor": None, "detach_range": False}
+
+
 def model_spec(model_cfg):
     """``{"arch": ..., "kwargs": {...}}`` from the config's ``model`` section (plain values)."""
-    kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(model_cfg).items() if k != "arch"}
+    kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(model_cfg).items()
+              if k != "arch" and not (k in OPTIONAL_KWARGS and v == OPTIONAL_KWARGS[k])}
     return {"arch": model_cfg.arch, "kwargs": kwargs}
 
 
@@ -53,3 +59,4 @@ def build_model(spec):
 set_temperature = sharpattn.set_temperature
 tv_penalty = sharpattn.tv_penalty
 recording_masks = sharpattn.recording_masks
+recording_gradients = sharpattn.recording_gradients

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .modeling import recording_masks
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -25,9 +23,10 @@ def _pyplot():
     return plt
 
 
-def _save(fig, out_path):
+def _save(fig, out_path, tight=True):
     """Write a figure (parent folders made) and release it."""
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=90)
@@ -63,10 +62,13 @@ def plot_training_curves(history, out_path, title=None):
     ax.set_yscale("log")
     ax.set_ylabel("lr")
     ax.set_xlabel("epoch")
-    ax2 = ax.twinx()
-    ax2.plot(ep, [h["tau"] for h in history], color="tab:green", label="tau")
-    ax2.set_ylabel("tau")
-    ax.set_title("lr (red, log) and tau (green)")
+    if all("tau" in h for h in history):  # models without sharp masks have no temperature
+        ax2 = ax.twinx()
+        ax2.plot(ep, [h["tau"] for h in history], color="tab:green", label="tau")
+        ax2.set_ylabel("tau")
+        ax.set_title("lr (red, log) and tau (green)")
+    else:
+        ax.set_title("lr (log)")
     ax = axes[3]
     ev = [h for h in history if h.get("rank1") is not None]
     if ev:
@@ -81,54 +83,85 @@ def plot_training_curves(history, out_path, title=None):
     return _save(fig, out_path)
 
 
-@torch.no_grad()
-def plot_attention_masks(model, images, out_path, mean=IMAGENET_MEAN, std=IMAGENET_STD, titles=None):
-    """Overlay each sharp attention block's mask on the input images and save a PNG.
+def _masks_of(model, images, sampled):
+    """Every block's mask for ``images``: eval mode, or with only the SharpMasks sampling as in
+    training (batch norm stays in eval, so the two differ by the sampling alone). The global
+    random state is restored afterwards."""
+    from sharpattn.modules.masks import SharpMask
 
-    ``images`` is a normalised batch ``(N, 3, H, W)``. The model runs once in eval mode inside
-    ``sharpattn.recording_masks``; each block's mask ``M`` (N, C, h, w) is averaged over
-    channels (the fraction of channels attended at each place, 0..1), upsampled to the image
-    and drawn over it. Rows are images, columns the input then the blocks. Returns the path, or
-    ``None`` when the model has no sharp attention blocks (nothing to draw).
-    """
-    plt = _pyplot()
-    p = next(iter(model.parameters()))
     was_training = model.training
     model.eval()
+    gates = [m for m in model.modules() if isinstance(m, SharpMask)] if sampled else []
     try:
-        with recording_masks(model) as masks:
-            model(images.to(p.device))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            for g in gates:
+                g.train()
+            with recording_masks(model) as masks:
+                model(images)
     finally:
+        for g in gates:
+            g.eval()
         model.train(was_training)
-    if not masks:
+    return {k: v.float().cpu() for k, v in masks.items()}
+
+
+def _varied_channels(m, k):
+    """The k channels of one image's mask (C, h, w) with the largest spatial variance."""
+    var = m.flatten(1).var(dim=1, unbiased=False) if m.shape[1] * m.shape[2] > 1 else m.flatten(1)[:, 0]
+    return torch.argsort(var, descending=True, stable=True)[:k].tolist()
+
+
+@torch.no_grad()
+def plot_attention_masks(model, images, out_path, mean=IMAGENET_MEAN, std=IMAGENET_STD, titles=None,
+                         channels=2):
+    """Each sharp attention block's masks for a few images, eval beside sampled, as a PNG.
+
+    ``images`` is a normalised batch ``(N, 3, H, W)``. For each image (a column group) and block
+    (a row): the fraction of channels attended at each position (M averaged over channels) and
+    the ``channels`` individual channels whose eval mask varies most over the plane, each once
+    as the deterministic eval mask (p of eq. 3) and once as a mask sampled as in training at the
+    current tau. One colour scale, 0..1, with its bar. Returns the path, or ``None`` when the
+    model has no sharp attention blocks.
+    """
+    plt = _pyplot()
+    device = next(iter(model.parameters())).device
+    images = images.to(device)
+    evals = _masks_of(model, images, sampled=False)
+    if not evals:
         return None
-    names = list(masks)
+    samples = _masks_of(model, images, sampled=True)
+    names = list(evals)
     n, _, h, w = images.shape
-    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
-    std_t = torch.tensor(std).view(1, 3, 1, 1)
-    rgb = (images.detach().cpu().float() * std_t + mean_t).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    cols = 1 + len(names)
-    cell_w = 1.3 * max(1.0, 2 * w / h)  # person crops are about twice as tall as wide
-    fig, axes = plt.subplots(n, cols, figsize=(max(4.5, cell_w * cols), 2.5 * n + 0.4), squeeze=False)
-    for j, name in enumerate(names):
-        m = masks[name].detach().float().cpu()
-        m = m.mean(1, keepdim=True) if m.dim() == 4 else m.unsqueeze(1)
-        up = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[:, 0].numpy()
-        for i in range(n):
-            ax = axes[i, j + 1]
-            ax.imshow(rgb[i])
-            ax.imshow(up[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            if i == 0:
-                ax.set_title(f"{name}\nmean {float(m.mean()):.2f}", fontsize=8)
+    rgb = (images.detach().cpu().float() * torch.tensor(std).view(1, 3, 1, 1)
+           + torch.tensor(mean).view(1, 3, 1, 1)).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    cols = 1 + 2 * (1 + channels)  # input, then (fraction, channels...) x (eval, sampled)
+    fig, axes = plt.subplots(n * len(names), cols, squeeze=False,
+                             figsize=(1.0 * cols + 1.2, (1.9 if h >= w else 1.0) * n * len(names) + 0.8))
+    shown = None
     for i in range(n):
-        axes[i, 0].imshow(rgb[i])
-        if i == 0:
-            axes[i, 0].set_title("input", fontsize=8)
-        if titles is not None:
-            axes[i, 0].set_ylabel(titles[i], fontsize=7)
+        for b, name in enumerate(names):
+            r = i * len(names) + b
+            axes[r, 0].imshow(rgb[i])
+            if b == 0:
+                axes[r, 0].set_title(titles[i] if titles else f"image {i + 1}", fontsize=7)
+            axes[r, 0].set_ylabel(f"{name}\n{tuple(evals[name].shape[-2:])}", fontsize=7)
+            picks = _varied_channels(evals[name][i], channels)
+            panels = [("attended", evals[name][i].mean(0), samples[name][i].mean(0))]
+            panels += [(f"ch {c}", evals[name][i, c], samples[name][i, c]) for c in picks]
+            col = 0
+            for label, ev, sa in panels:
+                for kind, m in (("eval", ev), ("sampled", sa)):
+                    col += 1
+                    shown = axes[r, col].imshow(m.numpy(), cmap="viridis", vmin=0, vmax=1,
+                                                interpolation="nearest")
+                    axes[r, col].set_title(f"{label} {kind}", fontsize=6)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("attention mask per block\n(channel mean: blue 0, red 1)", fontsize=8)
-    return _save(fig, out_path)
-
+    fig.suptitle("masks M per image and block: eval (deterministic p) beside a training sample\n"
+                 "attended: mean of M over channels; ch k: the channels whose eval mask varies most",
+                 fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="M")
+    return _save(fig, out_path, tight=False)

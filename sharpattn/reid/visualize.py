@@ -13,7 +13,8 @@ from .metrics.rank import JUNK_PID
 
 __all__ = ["ranked_list", "plot_ranked_lists", "COLOURS"]
 
-COLOURS = {"query": (40, 90, 220), "correct": (20, 170, 60), "wrong": (220, 30, 30)}
+COLOURS = {"query": (40, 90, 220), "correct": (20, 170, 60), "wrong": (220, 30, 30),
+           "distractor": (150, 150, 150)}
 
 
 def ranked_list(dist_row, q_pid, q_camid, g_pids, g_camids):
@@ -25,13 +26,14 @@ def ranked_list(dist_row, q_pid, q_camid, g_pids, g_camids):
 
 
 def plot_ranked_lists(distmat, query, gallery, out_path, topk=10, num_queries=8, query_indices=None,
-                      seed=0, cell=(128, 64)):
+                      seed=0, cell=(128, 64), title=None, distractor_pid=None):
     """Draw ``num_queries`` queries (rows) and their ``topk`` gallery matches to a PNG.
 
-    ``query`` and ``gallery`` are lists of ``(path, pid, camid)``. The query has a blue frame,
-    a correct match (same identity) a green one, a wrong match a red one; under each image:
-    its rank, identity, camera and distance. Queries are ``query_indices``, or drawn with
-    ``seed``. Returns the path written.
+    ``query`` and ``gallery`` are lists of ``(path, pid, camid)`` (camid counted from 0; drawn
+    from 1, as in the file names). Frames: the query blue, a correct match (same identity) green,
+    a wrong match red, a distractor (identity ``distractor_pid``, e.g. Market-1501's 0) grey;
+    a legend and ``title`` head the picture. Under each image: its rank, identity, camera and
+    distance. Queries are ``query_indices``, or drawn with ``seed``. Returns the path written.
     """
     d = distmat.detach().cpu().numpy() if isinstance(distmat, torch.Tensor) else np.asarray(distmat)
     if d.shape != (len(query), len(gallery)):
@@ -42,13 +44,19 @@ def plot_ranked_lists(distmat, query, gallery, out_path, topk=10, num_queries=8,
         rng = np.random.default_rng(seed)
         query_indices = np.sort(rng.choice(len(query), size=min(num_queries, len(query)), replace=False))
     ch, cw = cell
-    pad, frame, text_h, gap = 6, 4, 40, 16
+    pad, frame, text_h, gap, head = 6, 4, 40, 16, 44
     font = ImageFont.load_default()
     col_w = cw + 2 * pad
     width = col_w * (topk + 1) + gap
     row_h = ch + 2 * pad + text_h
-    canvas = Image.new("RGB", (width, row_h * len(query_indices)), (255, 255, 255))
+    canvas = Image.new("RGB", (width, head + row_h * len(query_indices)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 4), title or "ranked lists", fill=(0, 0, 0), font=font)
+    x = pad
+    for name in ("query", "correct", "wrong", "distractor"):
+        draw.rectangle([x, 22, x + 14, 34], fill=COLOURS[name])
+        draw.text((x + 19, 23), name, fill=(0, 0, 0), font=font)
+        x += 30 + 7 * len(name)
 
     def put(path, x, y, colour, lines):
         img = read_image(path).resize((cw, ch))
@@ -58,15 +66,16 @@ def plot_ranked_lists(distmat, query, gallery, out_path, topk=10, num_queries=8,
             draw.text((x, y + ch + frame + 1 + 11 * k), line, fill=(0, 0, 0), font=font)
 
     for row, qi in enumerate(query_indices):
-        y = row * row_h + pad
+        y = head + row * row_h + pad
         qpath, qpid, qcam = query[qi]
-        put(qpath, pad, y, COLOURS["query"], ["query", f"id {qpid}", f"cam {qcam}"])
+        put(qpath, pad, y, COLOURS["query"], ["query", f"id {qpid}", f"cam {qcam + 1}"])
         order = ranked_list(d[qi], qpid, qcam, g_pids, g_cams)[:topk]
         for k, gi in enumerate(order):
             gpath, gpid, gcam = gallery[gi]
-            colour = COLOURS["correct"] if gpid == qpid else COLOURS["wrong"]
+            kind = "correct" if gpid == qpid else \
+                "distractor" if distractor_pid is not None and gpid == distractor_pid else "wrong"
             x = gap + col_w * (k + 1) + pad
-            put(gpath, x, y, colour, [f"#{k + 1} id {gpid}", f"cam {gcam}", f"d={d[qi, gi]:.4g}"])
+            put(gpath, x, y, COLOURS[kind], [f"#{k + 1} id {gpid}", f"cam {gcam + 1}", f"d={d[qi, gi]:.4g}"])
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out_path)

@@ -17,14 +17,14 @@ class TinyEmbedNet(nn.Module):
     """
 
     def __init__(self, blocks=(), context=(), residual=True, tv=True, mask="sharp", embedding_dim=16,
-                 weights=None, batchnorm=True, width=8):
+                 weights=None, batchnorm=True, width=8, **block_options):
         super().__init__()
         norm = (lambda c: nn.BatchNorm2d(c)) if batchnorm else (lambda c: nn.Identity())
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), norm(width), nn.ReLU())
         stage = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), norm(width), nn.ReLU())
         if blocks:
             stage = sharpattn.SharpAttentionBlock(stage, width, context_unit=bool(context), residual=residual,
-                                                  tv=tv, mask=mask)
+                                                  tv=tv, mask=mask, **block_options)
         self.stage = stage
         self.top = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, embedding_dim))

@@ -94,3 +94,33 @@ def test_resume_with_another_model_is_refused(tiny_config, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def _files(run):
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_resuming_a_finished_run_changes_no_file(tiny_config, tmp_path, capsys):
+    run = tmp_path / "done"
+    first = train(tiny_config("optim.epochs=1", "train.pictures=true"), run)
+    before = _files(run)
+    assert any(str(p).startswith("tensorboard") for p in before)
+    again = train(tiny_config("optim.epochs=1", "train.pictures=true"), run, resume=run)
+    assert _files(run) == before  # report.md, summary.json, log.csv, pictures, TensorBoard: untouched
+    assert again == first == __import__("json").loads((run / "summary.json").read_text())
+    assert "is finished (1 of 1 epochs done)" in capsys.readouterr().out
+
+
+def test_summary_and_report_count_epochs_alike(tiny_config, tmp_path):
+    run = tmp_path / "r"
+    out = train(tiny_config("optim.epochs=2", "train.eval_every=1"), run)
+    best = out["best"]["epoch"]
+    assert best in (1, 2)  # counted from 1, as log.csv's epoch column
+    assert f"at epoch {best} (best.pt)" in (run / "report.md").read_text()
+
+
+def test_resume_on_a_folder_of_runs_lists_them(tmp_path):
+    for name in ("baseline", "san"):
+        save_checkpoint({"format": "sharpattn.reid/1"}, tmp_path / "demo" / name / "last.pt")
+    with pytest.raises(CheckpointError, match=r"holds 2 runs \(baseline, san\), not one"):
+        load_checkpoint(tmp_path / "demo")

@@ -26,6 +26,7 @@ class Market1501(ReIDDataset):
     pattern = re.compile(r"^(?P<pid>-?\d+)_c(?P<cam>\d+)s\d+_\d+_\d+\.(?i:jpg|jpeg|png)$")
     expected_name = "<pid>_c<cam>s<seq>_<frame>_<box>.jpg, e.g. 0002_c1s1_000451_03.jpg"
     cam_range = (1, 6)
+    distractor_pid = DISTRACTOR  # drawn apart in ranked lists
     source = ("Market-1501 is distributed by its authors (Zheng et al., 'Scalable Person "
               "Re-identification: A Benchmark', ICCV 2015) as Market-1501-v15.09.15.zip; unzip it "
               "under the root.")

@@ -1,0 +1,128 @@
+"""Train variants of the synthetic demo over several seeds and tabulate mean and spread.
+
+The numbers in docs/training.md ("Why SAN collapsed") come from this script, e.g.:
+
+    .venv/bin/python scripts/san_stability_study.py --out runs/study --seeds 0 1 2 \
+        --variants baseline baseline_clip san san_clip
+
+Each run is `python -m sharpattn.reid --config ... -o <out>/<variant>/seed<k>` with one torch thread
+(``--jobs`` runs go side by side); finished runs (summary.json present) are not trained again, so
+the script can be stopped and restarted. Writes ``<out>/results.md`` and ``<out>/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# name -> (config, overrides). The ft_* variants start from a trained demo baseline's backbone
+# (model.weights=<its best.pt>, given by --init-from) at the paper's lr 2e-4.
+VARIANTS = {
+    "baseline": ("synthetic/baseline", []),
+    "baseline_clip": ("synthetic/baseline", ["optim.grad_clip=5.0"]),
+    "san": ("synthetic/san", ["optim.grad_clip=null"]),
+    "san_clip": ("synthetic/san", ["optim.grad_clip=5.0"]),
+    "san_detach_range": ("synthetic/san", ["optim.grad_clip=null", "model.detach_range=true"]),
+    "san_range_eps": ("synthetic/san", ["optim.grad_clip=null", "model.range_eps=0.01"]),
+    "san_logit_floor": ("synthetic/san", ["optim.grad_clip=null", "model.logit_floor=0.01"]),
+    "san_clip_detach_range": ("synthetic/san", ["optim.grad_clip=5.0", "model.detach_range=true"]),
+    "san_clip_logit_floor": ("synthetic/san", ["optim.grad_clip=5.0", "model.logit_floor=0.01"]),
+    "san_soft": ("synthetic/san", ["optim.grad_clip=null", "model.mask=soft"]),
+    # the paper's regime in miniature: fine-tune from a trained backbone at lr 2e-4 (--init-from)
+    "ft_baseline": ("synthetic/baseline", ["optim.grad_clip=null", "optim.lr=2e-4"]),
+    "ft_baseline_clip": ("synthetic/baseline", ["optim.grad_clip=5.0", "optim.lr=2e-4"]),
+    "ft_san": ("synthetic/san", ["optim.grad_clip=null", "optim.lr=2e-4"]),
+    "ft_san_clip": ("synthetic/san", ["optim.grad_clip=5.0", "optim.lr=2e-4"]),
+}
+
+
+def run_one(variant, seed, out, extra, init_from):
+    config, overrides = VARIANTS[variant]
+    run_dir = out / variant / f"seed{seed}"
+    if (run_dir / "summary.json").exists():
+        return run_dir, None
+    if (run_dir / "last.pt").exists():
+        cmd = [sys.executable, "-m", "sharpattn.reid", "--resume", str(run_dir)]
+    else:
+        cmd = [sys.executable, "-m", "sharpattn.reid", "--config", config, "-o", str(run_dir),
+               *overrides, f"train.seed={seed}", "train.threads=1", "train.progress=false", *extra]
+        if variant.startswith("ft_"):
+            if init_from is None:
+                raise SystemExit(f"{variant} needs --init-from (a trained baseline's best.pt)")
+            cmd += [f"model.weights={init_from.format(seed=seed)}"]
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = open(run_dir.parent / f"seed{seed}.log", "w")
+    return run_dir, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def last_row(run_dir):
+    with open(run_dir / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    return rows[-1] if rows else {}
+
+
+def summarise(out, variants, seeds):
+    table, lines = {}, ["| variant | seeds | rank-1 (mean ± sd) | mAP (mean ± sd) | per seed rank-1 / mAP | "
+                        "last-epoch grad norm | clip fired |", "|---|---|---|---|---|---|---|"]
+    for v in variants:
+        r1, mp, per, gn, cf = [], [], [], [], []
+        for s in seeds:
+            f = out / v / f"seed{s}" / "summary.json"
+            if not f.exists():
+                continue
+            m = json.loads(f.read_text())["metrics"]
+            r1.append(100 * m["rank1"])
+            mp.append(100 * m["mAP"])
+            per.append(f"{r1[-1]:.1f} / {mp[-1]:.1f}")
+            row = last_row(out / v / f"seed{s}")
+            gn.append(float(row.get("grad_norm", "nan") or "nan"))
+            cf.append(float(row.get("clip_frac", "nan") or "nan"))
+        if not r1:
+            continue
+        sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
+        table[v] = {"rank1": r1, "mAP": mp, "grad_norm": gn, "clip_frac": cf}
+        lines.append(f"| {v} | {len(r1)} | {statistics.mean(r1):.1f} ± {sd(r1):.1f} | "
+                     f"{statistics.mean(mp):.1f} ± {sd(mp):.1f} | {'; '.join(per)} | "
+                     f"{statistics.mean(gn):.3g} | {100 * statistics.mean(cf):.0f}% |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(table, indent=1))
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/study"))
+    p.add_argument("--variants", nargs="+", default=["baseline", "baseline_clip", "san", "san_clip"],
+                   choices=sorted(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--jobs", type=int, default=2, help="runs side by side (one torch thread each)")
+    p.add_argument("--init-from", help="checkpoint whose backbone initialises the ft_* runs (model.weights); "
+                                       "'{seed}' in it is replaced by the run's seed")
+    p.add_argument("overrides", nargs="*", help="section.key=value applied to every run")
+    args = p.parse_args()
+    queue = [(v, s) for v in args.variants for s in args.seeds]
+    running, t0 = [], time.time()
+    while queue or running:
+        while queue and len(running) < args.jobs:
+            v, s = queue.pop(0)
+            run_dir, proc = run_one(v, s, args.out, args.overrides, args.init_from)
+            if proc is not None:
+                running.append((v, s, run_dir, proc))
+                print(f"[{time.time() - t0:6.0f}s] started {v} seed {s}", flush=True)
+        for item in list(running):
+            if item[3].poll() is not None:
+                running.remove(item)
+                status = "done" if item[3].returncode == 0 else f"FAILED ({item[3].returncode})"
+                print(f"[{time.time() - t0:6.0f}s] {status} {item[0]} seed {item[1]}", flush=True)
+        time.sleep(1)
+    print(summarise(args.out, args.variants, args.seeds))
+
+
+if __name__ == "__main__":
+    main()
