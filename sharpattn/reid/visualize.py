@@ -15,6 +15,7 @@ __all__ = ["ranked_list", "plot_ranked_lists", "COLOURS"]
 
 COLOURS = {"query": (40, 90, 220), "correct": (20, 170, 60), "wrong": (220, 30, 30),
            "distractor": (150, 150, 150)}
+HEADER = 44  # pixels above the first row: the title and the legend
 
 
 def ranked_list(dist_row, q_pid, q_camid, g_pids, g_camids):
@@ -44,19 +45,20 @@ def plot_ranked_lists(distmat, query, gallery, out_path, topk=10, num_queries=8,
         rng = np.random.default_rng(seed)
         query_indices = np.sort(rng.choice(len(query), size=min(num_queries, len(query)), replace=False))
     ch, cw = cell
-    pad, frame, text_h, gap, head = 6, 4, 40, 16, 44
+    pad, frame, text_h, gap, head = 6, 4, 40, 16, HEADER
     font = ImageFont.load_default()
     col_w = cw + 2 * pad
-    width = col_w * (topk + 1) + gap
+    legend = [(name, 30 + 7 * len(name)) for name in ("query", "correct", "wrong", "distractor")]
+    width = max(col_w * (topk + 1) + gap, 2 * pad + sum(w for _, w in legend))
     row_h = ch + 2 * pad + text_h
     canvas = Image.new("RGB", (width, head + row_h * len(query_indices)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     draw.text((pad, 4), title or "ranked lists", fill=(0, 0, 0), font=font)
     x = pad
-    for name in ("query", "correct", "wrong", "distractor"):
+    for name, w in legend:
         draw.rectangle([x, 22, x + 14, 34], fill=COLOURS[name])
         draw.text((x + 19, 23), name, fill=(0, 0, 0), font=font)
-        x += 30 + 7 * len(name)
+        x += w
 
     def put(path, x, y, colour, lines):
         img = read_image(path).resize((cw, ch))

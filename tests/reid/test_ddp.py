@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 HERE = Path(__file__).parent
+CLIP = 1e-3  # far below the tiny model's gradient norm: the clip fires
 
 
 def _init(rank, world, init_file):
@@ -47,6 +48,7 @@ def _loss_worker(rank, world, init_file, out_dir):
 
         from sharpattn.reid.engine import compute_loss
         from sharpattn.reid.modeling import build_model, model_spec
+        from sharpattn.reid.optim import clip_gradients
         cfg = _tiny_cfg(["model.arch=tiny_nobn"])
         torch.manual_seed(0)
         raw = build_model(model_spec(cfg.model))
@@ -56,7 +58,11 @@ def _loss_worker(rank, world, init_file, out_dir):
         loss, st = compute_loss(model, images[share], pids[share], cfg, raw)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in raw.named_parameters()}
-        torch.save({"stats": dict(st), "grads": grads}, Path(out_dir) / f"rank{rank}.pt")
+        # the engine clips after DDP's backward has averaged the gradients: the same on every rank
+        norm, clipped = clip_gradients(raw.parameters(), CLIP)
+        clipped_grads = {n: p.grad.clone() for n, p in raw.named_parameters()}
+        torch.save({"stats": dict(st), "grads": grads, "norm": norm, "clipped": clipped,
+                    "clipped_grads": clipped_grads}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         _finish()
 
@@ -81,13 +87,22 @@ def test_ddp_loss_and_gradients_match_one_process_on_the_whole_batch(tmp_path):
         assert r["stats"]["loss"] == pytest.approx(st["loss"], rel=1e-4)
         for n, p in model.named_parameters():  # DDP's averaged gradient is the whole batch's
             torch.testing.assert_close(r["grads"][n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
+    from sharpattn.reid.optim import clip_gradients
+    norm, clipped = clip_gradients(model.parameters(), CLIP)
+    assert clipped
+    for rank in range(2):
+        r = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert r["clipped"] and r["norm"] == pytest.approx(norm, rel=1e-4)
+        for n, p in model.named_parameters():  # clipped alike on both ranks and in one process
+            torch.testing.assert_close(r["clipped_grads"][n], p.grad, rtol=1e-4, atol=1e-9, msg=n)
 
 
 def _train_worker(rank, world, init_file, data_root, out_dir):
     _init(rank, world, init_file)
     try:
         from sharpattn.reid.engine import train
-        cfg = _tiny_cfg([f"data.root={data_root}", "optim.epochs=2", "data.num_identities=2"])
+        cfg = _tiny_cfg([f"data.root={data_root}", "optim.epochs=2", "data.num_identities=2",
+                         f"optim.grad_clip={CLIP}", "train.diagnostics_every=1"])
         summary = train(cfg, out_dir)
         if rank == 0:
             torch.save({"mAP": summary["metrics"]["mAP"]}, Path(out_dir) / "done.pt")
@@ -102,3 +117,5 @@ def test_ddp_training_run(tmp_path, data_root):
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2 and ckpt["epoch"] == 2
     assert torch.load(out / "done.pt", weights_only=True)["mAP"] >= 0
+    hist = ckpt["history"]
+    assert all(h["clip_frac"] == 1.0 and h["grad_norm"] > CLIP and "stage.mask_mean" in h for h in hist)

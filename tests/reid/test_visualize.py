@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sharpattn.reid.visualize import COLOURS, plot_ranked_lists
+from sharpattn.reid.visualize import COLOURS, HEADER, plot_ranked_lists
 
 
 def frame_colours_along(img, y):
@@ -24,20 +24,23 @@ def test_ranked_list_picture_marks_matches(tmp_path):
                item("g1.png", 2, 1),
                item("g2.png", 1, 1),
                item("g3.png", -1, 1),  # junk: hidden
-               item("g4.png", 3, 1)]
+               item("g4.png", 0, 1)]   # a distractor (Market-1501's identity 0)
     d = np.array([[0.1, 0.2, 0.3, 0.05, 0.4],
                   [0.5, 0.9, 0.1, 0.2, 0.3]])
     out = plot_ranked_lists(d, query, gallery, tmp_path / "out" / "ranks.png", topk=3,
-                            query_indices=[0, 1], cell=(32, 16))
+                            query_indices=[0, 1], cell=(32, 16), title="san on synthetic", distractor_pid=0)
     img = Image.open(out).convert("RGB")
-    row_h = img.height // 2
-    y0, y1 = 6 + 16, row_h + 6 + 16  # middle of each row's pictures
-    q, ok, bad = COLOURS["query"], COLOURS["correct"], COLOURS["wrong"]
-    # query 0 (id 1, cam 0): g1 wrong, g2 right, g4 wrong
-    assert frame_colours_along(img, y0) == [q, bad, ok, bad]
-    # query 1 (id 2, cam 1): g2 (id 1), g4 (id 3) wrong, then g0 (id 1) wrong; g1 is id 2 in
-    # the query's own camera, so it is hidden
-    assert frame_colours_along(img, y1) == [q, bad, bad, bad]
+    row_h = (img.height - HEADER) // 2
+    y0, y1 = HEADER + 6 + 16, HEADER + row_h + 6 + 16  # middle of each row's pictures
+    q, ok, bad, dis = COLOURS["query"], COLOURS["correct"], COLOURS["wrong"], COLOURS["distractor"]
+    # query 0 (id 1, cam 0): g1 wrong, g2 right, g4 a distractor
+    assert frame_colours_along(img, y0) == [q, bad, ok, dis]
+    # query 1 (id 2, cam 1): g2 (id 1) wrong, g4 a distractor, then g0 (id 1) wrong; g1 is id 2
+    # in the query's own camera, so it is hidden
+    assert frame_colours_along(img, y1) == [q, bad, dis, bad]
+    # the legend names the four colours, in order, above the rows
+    legend_row = dict.fromkeys(tuple(int(v) for v in p) for p in np.asarray(img)[28])
+    assert [c for c in legend_row if c in COLOURS.values()] == [q, ok, bad, dis]
 
 
 def test_shape_mismatch_is_reported(tmp_path):
