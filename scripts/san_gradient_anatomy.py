@@ -24,14 +24,19 @@ PARTS = ("conv1", "layer1", "layer2", "layer3", "layer4", "head")
 
 
 @contextlib.contextmanager
-def mask_input_detached(model):
-    """Every block's gate sees its mask input detached: no gradient through M."""
+def wrapped_gates(model, detach=False, ranges=None):
+    """Every block's gate sees its mask input detached (no gradient through M) if ``detach``;
+    ``ranges[block]`` collects the median plane range (hi - lo) of the mask input X."""
     saved = []
-    for _, block in sharpattn.modules.attention_blocks(model):
+    for name, block in sharpattn.modules.attention_blocks(model):
         gate, forward = block.gate, block.gate.forward
 
-        def detached(t, x=None, _forward=forward, **kw):
-            return _forward(t, (t if x is None else x).detach(), **kw)
+        def detached(t, x=None, _forward=forward, _name=name, **kw):
+            x = t if x is None else x
+            if ranges is not None:
+                flat = x.detach().flatten(-2)
+                ranges.setdefault(_name, []).append(float((flat.amax(-1) - flat.amin(-1)).median()))
+            return _forward(t, x.detach() if detach else x, **kw)
 
         gate.forward = detached
         saved.append((gate, forward))
@@ -59,13 +64,12 @@ def measure(config, steps, seed, detach=False):
     model = trainer.raw_model.train()
     sharpattn.set_temperature(model, cfg.tau.tau0)
     loader = trainer._loader(0, 0)
-    sums, quantiles = {}, {}
+    sums, quantiles, ranges = {}, {}, {}
     for step, (images, pids, _) in enumerate(loader):
         if step == steps:
             break
         model.zero_grad(set_to_none=True)
-        ctx = mask_input_detached(model) if detach else contextlib.nullcontext()
-        with ctx, sharpattn.recording_gradients(model) as grads:
+        with wrapped_gates(model, detach, ranges), sharpattn.recording_gradients(model) as grads:
             loss, _ = compute_loss(model, images, torch.as_tensor(pids), cfg)
             loss.backward()
         for k, v in part_norms(model).items():
@@ -74,6 +78,8 @@ def measure(config, steps, seed, detach=False):
             acc = quantiles.setdefault(block, {})
             for k, v in row.items():
                 acc[k] = max(acc.get(k, 0.0), v) if k.endswith("max") else acc.get(k, 0.0) + v / steps
+    for block, values in ranges.items():
+        quantiles[block]["x_range"] = sum(values) / len(values)
     return sums, quantiles
 
 
@@ -91,11 +97,11 @@ def main():
     for part in PARTS + ("total",):
         print(f"| {part} | " + " | ".join(f"{r[0][part]:.3g}" for r in runs.values()) + " |")
     print("\n|dL/dX| through each block's mask, SAN (p50 / p99: mean over batches; max: over all)\n")
-    print("| block | p50 | p99 | max | |dL/dF| p99 at the block output |")
-    print("|---|---|---|---|---|")
+    print("| block | p50 | p99 | max | |dL/dF| p99 at the block output | median plane range of X |")
+    print("|---|---|---|---|---|---|")
     for block, row in sorted(runs["san"][1].items()):
         print(f"| {block} | {row['grad_x_p50']:.2g} | {row['grad_x_p99']:.2g} | {row['grad_x_max']:.2g} | "
-              f"{row['grad_out_p99']:.2g} |")
+              f"{row['grad_out_p99']:.2g} | {row['x_range']:.2g} |")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ The numbers in docs/training.md ("Why SAN collapsed") come from this script, e.g
     .venv/bin/python scripts/san_stability_study.py --out runs/study --seeds 0 1 2 \
         --variants baseline baseline_clip san san_clip
 
-Each run is `python -m sharpattn.reid --config ... -o <out>/<variant>/seed<k>` with one torch thread
-(``--jobs`` runs go side by side); finished runs (summary.json present) are not trained again, so
+Each run is `python -m sharpattn.reid --config ... -o <out>/<variant>/seed<k>` (``--jobs`` runs go
+side by side, ``--threads`` torch threads each); finished runs (summary.json present) are not trained again, so
 the script can be stopped and restarted. Writes ``<out>/results.md`` and ``<out>/results.json``.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 # name -> (config, overrides). The ft_* variants start from a trained demo baseline's backbone
 # (model.weights=<its best.pt>, given by --init-from) at the paper's lr 2e-4.
 VARIANTS = {
-    "baseline": ("synthetic/baseline", []),
+    "baseline": ("synthetic/baseline", ["optim.grad_clip=null"]),
     "baseline_clip": ("synthetic/baseline", ["optim.grad_clip=5.0"]),
     "san": ("synthetic/san", ["optim.grad_clip=null"]),
     "san_clip": ("synthetic/san", ["optim.grad_clip=5.0"]),
@@ -42,7 +42,7 @@ VARIANTS = {
 }
 
 
-def run_one(variant, seed, out, extra, init_from):
+def run_one(variant, seed, out, extra, init_from, threads):
     config, overrides = VARIANTS[variant]
     run_dir = out / variant / f"seed{seed}"
     if (run_dir / "summary.json").exists():
@@ -51,7 +51,7 @@ def run_one(variant, seed, out, extra, init_from):
         cmd = [sys.executable, "-m", "sharpattn.reid", "--resume", str(run_dir)]
     else:
         cmd = [sys.executable, "-m", "sharpattn.reid", "--config", config, "-o", str(run_dir),
-               *overrides, f"train.seed={seed}", "train.threads=1", "train.progress=false", *extra]
+               *overrides, f"train.seed={seed}", f"train.threads={threads}", "train.progress=false", *extra]
         if variant.startswith("ft_"):
             if init_from is None:
                 raise SystemExit(f"{variant} needs --init-from (a trained baseline's best.pt)")
@@ -101,7 +101,10 @@ def main():
     p.add_argument("--variants", nargs="+", default=["baseline", "baseline_clip", "san", "san_clip"],
                    choices=sorted(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--jobs", type=int, default=2, help="runs side by side (one torch thread each)")
+    p.add_argument("--jobs", type=int, default=1, help="runs side by side")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per run (0: torch's default, as sharpattn-train uses; CPU results "
+                        "depend on it in the last bits, so seed 0 reproduces the main job only with 0)")
     p.add_argument("--init-from", help="checkpoint whose backbone initialises the ft_* runs (model.weights); "
                                        "'{seed}' in it is replaced by the run's seed")
     p.add_argument("overrides", nargs="*", help="section.key=value applied to every run")
@@ -111,7 +114,7 @@ def main():
     while queue or running:
         while queue and len(running) < args.jobs:
             v, s = queue.pop(0)
-            run_dir, proc = run_one(v, s, args.out, args.overrides, args.init_from)
+            run_dir, proc = run_one(v, s, args.out, args.overrides, args.init_from, args.threads)
             if proc is not None:
                 running.append((v, s, run_dir, proc))
                 print(f"[{time.time() - t0:6.0f}s] started {v} seed {s}", flush=True)
