@@ -113,6 +113,34 @@ def test_imagenet_weights_load_from_a_torchvision_file(tmp_path):
             assert ours[key].shape == fresh.state_dict()[key].shape
 
 
+@pytest.mark.parametrize("source_blocks", [(), (1, 2, 3, 4)], ids=["from-baseline", "from-san"])
+def test_backbone_weights_load_from_a_sharpattn_checkpoint(tmp_path, source_blocks):
+    # A trained demo model stands in for ImageNet weights: its backbone, not its head, context
+    # units or gates, initialises another model.
+    torch.manual_seed(1)
+    source = san_resnet50(blocks=source_blocks)
+    path = tmp_path / "best.pt"
+    torch.save({"format": "sharpattn.reid/1", "kind": "model", "model": source.state_dict()}, path)
+    torch.manual_seed(2)
+    model = san_resnet50(weights=path)
+    ours, theirs = model.state_dict(), source.state_dict()
+    loaded = 0
+    for key, value in theirs.items():
+        top, _, rest = key.partition(".")
+        if top.startswith("layer"):
+            if source_blocks:
+                if not rest.startswith("stage."):
+                    continue
+                rest = rest[len("stage."):]
+            torch.testing.assert_close(ours[f"{top}.stage.{rest}"], value, rtol=0, atol=0)
+            loaded += 1
+        elif top in ("conv1", "bn1"):
+            torch.testing.assert_close(ours[key], value, rtol=0, atol=0)
+            loaded += 1
+    assert loaded == len(torchvision.models.resnet50().state_dict()) - 2  # all but fc.weight/bias
+    assert not torch.equal(ours["head.0.weight"], theirs["head.0.weight"])  # the head stays fresh
+
+
 def test_imagenet_weights_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="IMAGENET1K_V1"):
         san_resnet50(weights=tmp_path / "missing.pth")
