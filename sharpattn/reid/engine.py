@@ -17,6 +17,7 @@ the same parameters as a run never stopped (tested bit for bit on the CPU).
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import math
 import os
@@ -147,20 +148,32 @@ def _dist_on():
     return dist.is_available() and dist.is_initialized()
 
 
+# Process 0 evaluates (a 10-crop evaluation of a large gallery takes many minutes) while the others
+# wait at a barrier: the collective timeout must outlast it (NCCL's default is 10 minutes).
+DIST_TIMEOUT = datetime.timedelta(hours=2)
+
+
 def _barrier():
     if _dist_on():
-        dist.barrier()
+        if dist.get_backend() == "nccl":  # name this process's GPU, not whichever is current
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 def setup_distributed(device_pref="auto"):
     """Initialise torch.distributed from torchrun's environment (``WORLD_SIZE`` > 1).
 
-    NCCL when CUDA is used, gloo otherwise. Returns ``(rank, world_size, local_rank)``.
+    NCCL when CUDA is used, gloo otherwise; with NCCL each process first makes its own GPU
+    (``LOCAL_RANK``) the current device, so that its collectives do not all run on cuda:0.
+    Returns ``(rank, world_size, local_rank)``.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not _dist_on():
         use_cuda = torch.cuda.is_available() and device_pref != "cpu"
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=DIST_TIMEOUT)
     if _dist_on():
         return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank()))
     return 0, 1, 0

@@ -119,3 +119,27 @@ def test_ddp_training_run(tmp_path, data_root):
     assert torch.load(out / "done.pt", weights_only=True)["mAP"] >= 0
     hist = ckpt["history"]
     assert all(h["clip_frac"] == 1.0 and h["grad_norm"] > CLIP and "stage.mask_mean" in h for h in hist)
+
+
+def test_nccl_setup_selects_each_process_gpu_and_a_long_timeout(monkeypatch):
+    # No GPU here: the CUDA and NCCL calls are recorded, not made.
+    from sharpattn.reid import engine
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group",
+                        lambda backend, **kw: calls.append(("init", backend, kw["timeout"])))
+    engine.setup_distributed("auto")
+    assert calls[0] == ("set_device", 1)  # before the process group exists
+    assert calls[1][:2] == ("init", "nccl") and calls[1][2].total_seconds() >= 3600
+
+    calls.clear()
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(dist, "barrier", lambda **kw: calls.append(("barrier", kw)))
+    engine._barrier()
+    assert calls == [("barrier", {"device_ids": [1]})]
