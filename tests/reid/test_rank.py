@@ -228,3 +228,18 @@ def test_non_contiguous_distmat(dense_above, monkeypatch):
     _, mAP, mINP, _ = brute_force(d.tolist(), *args, 50, "standard")
     assert got["mAP"] == pytest.approx(mAP, abs=1e-12)
     assert got["mINP"] == pytest.approx(mINP, abs=1e-12)
+
+
+def test_ranking_runs_on_one_cpu_thread_and_restores_the_setting(monkeypatch):
+    seen = []
+    inner = rank_module._evaluate_rank
+    monkeypatch.setattr(rank_module, "_evaluate_rank",
+                        lambda *a, **k: seen.append(torch.get_num_threads()) or inner(*a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        d = torch.rand(5, 9)
+        r = rank_module.evaluate_rank(d, np.arange(5) % 3, np.arange(9) % 3, np.zeros(5, int), np.ones(9, int))
+        assert seen == [1] and torch.get_num_threads() == 2 and r["num_valid_queries"] == 5
+    finally:
+        torch.set_num_threads(before)

@@ -26,6 +26,8 @@ This is exact and reads the matrix about twice.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -67,9 +69,26 @@ def _default_chunk(num_gallery, device):
     return max(1, budget // max(1, num_gallery))
 
 
+@contextlib.contextmanager
+def _one_cpu_thread(device):
+    """The ranking runs on one CPU thread. Its chunks are cache-sized passes that two threads speed
+    up little when the cores are idle (0.12 s vs 0.20 s at Market-1501 size), while busy cores make
+    torch's threads wait on each other (6.7 s with 2 threads vs 0.29 s with 1, measured with
+    another process keeping both cores busy)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap_mode="standard",
                   chunk_size=None):
-    """Score a ranking under the standard re-ID protocol (see the module docs).
+    """Score a ranking under the standard re-ID protocol (see the module docs), on one CPU thread.
 
     Args:
         distmat: ``(num_query, num_gallery)`` distances (numpy array or tensor, any device);
@@ -89,6 +108,13 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap_m
         (floats in [0, 1]), ``num_valid_queries``, ``num_queries`` and ``ap`` (per-query AP,
         NaN for skipped queries).
     """
+    device = distmat.device if isinstance(distmat, torch.Tensor) else torch.device("cpu")
+    with _one_cpu_thread(device):
+        return _evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, ap_mode, chunk_size)
+
+
+def _evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ap_mode="standard",
+                   chunk_size=None):
     if ap_mode not in AP_MODES:
         raise ValueError(f"ap_mode must be one of {AP_MODES}, got {ap_mode!r}")
     if int(max_rank) < 1:
