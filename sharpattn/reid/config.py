@@ -4,7 +4,7 @@ A YAML file holds any subset of the sections below; ``base: other.yaml`` (or a l
 other files first, relative to the file's own folder, so each Table I row is a few lines over a
 shared recipe. Unknown keys and values of the wrong type raise :class:`ConfigError` naming the
 key, the file it came from and the valid keys. Packaged configs (``sharpattn/reid/configs``)
-are found by name: ``market1501/san_full`` is ``configs/market1501/san_full.yaml``.
+are found by name: ``market1501/san`` is ``configs/market1501/san.yaml``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "san_resnet50"       # a name registered in sharpattn.reid.engine.MODELS
+    arch: str = "san_resnet50"       # a name registered in sharpattn.reid.modeling.MODELS
     blocks: list = field(default_factory=lambda: [1, 2, 3, 4])  # [] = plain ResNet-50 baseline
     context: list = field(default_factory=lambda: [1, 2, 3])   # blocks with a context-aware unit
     residual: bool = True            # cross-feature interaction (1 + M) * T (CIL); False: M * T
@@ -269,7 +269,7 @@ def config_to_dict(cfg):
 
 
 def available_configs():
-    """Names of the packaged configs (``market1501/san_full``, ``synthetic/san``, ...)."""
+    """Names of the packaged configs (``market1501/san``, ``synthetic/san``, ...)."""
     return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml")
                   if not p.name.startswith("_"))
 

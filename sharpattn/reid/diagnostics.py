@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .modeling import recording_gradients, recording_masks
+from sharpattn import recording_gradients, recording_masks
 
 __all__ = ["EpochDiagnostics", "gradient_statistics", "mask_statistics", "probing"]
 

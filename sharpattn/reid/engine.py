@@ -32,9 +32,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from sharpattn import set_temperature, tv_penalty
+
 from .checkpoint import (FORMAT, CheckpointError, capture_rng, check_model_spec, load_checkpoint,
                          load_model_state, restore_rng, save_checkpoint)
-from .config import Config, config_from_dict, config_to_dict
+from .config import Config, config_to_dict
 from .datasets import (CUHK03, MSMT17, DukeMTMCreID, ImageDataset, ImageFolderReID, Market1501,
                        make_synthetic)
 from .datasets.image_dataset import read_image
@@ -43,7 +45,7 @@ from .diagnostics import (EpochDiagnostics, block_columns, gradient_statistics, 
 from .features import extract_features
 from .losses import all_gather_with_grad, batch_hard_triplet_loss
 from .metrics import compute_distance_matrix, evaluate_cuhk03_classic, evaluate_rank, re_ranking
-from .modeling import build_model, model_spec, set_temperature, tv_penalty
+from .modeling import build_model, model_spec
 from .optim import backward_and_step
 from .sampler import IdentityBatchSampler
 from .schedule import LRSchedule, temperature_schedule
@@ -736,7 +738,3 @@ def write_report(path, cfg, metrics, history, best, elapsed):
 def train(cfg, out_dir, resume=None, **kwargs):
     """Train as configured; see :class:`Trainer`."""
     return Trainer(cfg, out_dir, resume=resume, **kwargs).fit()
-
-
-def config_of_checkpoint(ckpt):
-    return config_from_dict(ckpt["config"], origin=ckpt.get("path"))

@@ -1,19 +1,16 @@
 """The models the engine can build, and the SAN hooks it calls on them.
 
-The engine knows a model only through a name in :data:`MODELS` and four functions of the
-``sharpattn`` package: ``set_temperature`` (tau of every SharpMask), ``tv_penalty`` (the
-blocks' TV of the last forward), ``recording_masks`` (the masks of a forward, for pictures) and
-``TemperatureSchedule``. Any ``nn.Module`` mapping images ``(N, 3, H, W)`` to embeddings
+The engine knows a model only through a name in :data:`MODELS` and the model-wide helpers of
+the ``sharpattn`` package: ``set_temperature`` (tau of every SharpMask), ``tv_penalty`` (the
+blocks' TV of the last forward), ``recording_masks`` / ``recording_gradients`` (diagnostics and
+pictures). Any ``nn.Module`` mapping images ``(N, 3, H, W)`` to embeddings
 ``(N, D)`` can be registered with :func:`register_model`; without sharp attention blocks its TV
 penalty is zero and it has no masks.
 """
 
 from __future__ import annotations
 
-import sharpattn
-
-__all__ = ["MODELS", "build_model", "model_spec", "recording_masks", "recording_gradients",
-           "register_model", "set_temperature", "tv_penalty"]
+__all__ = ["MODELS", "build_model", "model_spec", "register_model"]
 
 
 def _san_resnet50(**kwargs):
@@ -52,11 +49,3 @@ def build_model(spec):
     if arch not in MODELS:
         raise ValueError(f"unknown model.arch {arch!r}; registered: {', '.join(sorted(MODELS))}")
     return MODELS[arch](**dict(spec["kwargs"]))
-
-
-# The engine's hooks into a model are sharpattn's own model-wide helpers; a model without sharp
-# attention blocks has a zero TV penalty, no masks, and nothing for set_temperature to set.
-set_temperature = sharpattn.set_temperature
-tv_penalty = sharpattn.tv_penalty
-recording_masks = sharpattn.recording_masks
-recording_gradients = sharpattn.recording_gradients

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .modeling import recording_masks
+from sharpattn import recording_masks
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["plot_training_curves", "plot_attention_masks"]

@@ -6,15 +6,13 @@ which reaches ``lr * final_factor`` at ``epoch == epochs`` (SAN: 2e-4, decay fro
 150 down to 1e-3 of it). Epochs are counted from 0.
 
 Temperature (SAN eq. 9): ``tau = max(tau_min, tau0 * exp(-alpha * epoch))``, 1.0 -> 0.5 with
-alpha = 0.008 (reached at epoch 87). :func:`temperature_schedule` returns
-``sharpattn.TemperatureSchedule`` when the model package provides it.
+alpha = 0.008 (reached at epoch 87): :func:`temperature_schedule` builds
+``sharpattn.TemperatureSchedule``.
 """
 
 from __future__ import annotations
 
-import math
-
-__all__ = ["LRSchedule", "FallbackTemperatureSchedule", "temperature_schedule"]
+__all__ = ["LRSchedule", "temperature_schedule"]
 
 
 class LRSchedule:
@@ -42,23 +40,8 @@ class LRSchedule:
                 f"final_factor={self.final_factor})")
 
 
-class FallbackTemperatureSchedule:
-    """Eq. 9 for models without ``sharpattn.TemperatureSchedule`` (same formula)."""
-
-    def __init__(self, tau0=1.0, alpha=0.008, tau_min=0.5):
-        self.tau0, self.alpha, self.tau_min = tau0, alpha, tau_min
-
-    def __call__(self, epoch):
-        return max(self.tau_min, self.tau0 * math.exp(-self.alpha * epoch))
-
-    def __repr__(self):
-        return f"TemperatureSchedule(tau0={self.tau0}, alpha={self.alpha}, tau_min={self.tau_min})"
-
-
 def temperature_schedule(tau0=1.0, alpha=0.008, tau_min=0.5):
-    """The eq. 9 schedule: ``sharpattn.TemperatureSchedule`` if available, else the fallback."""
-    try:
-        from sharpattn import TemperatureSchedule
-    except ImportError:
-        return FallbackTemperatureSchedule(tau0, alpha, tau_min)
+    """The eq. 9 schedule, ``sharpattn.TemperatureSchedule``."""
+    from sharpattn import TemperatureSchedule
+
     return TemperatureSchedule(tau0=tau0, alpha=alpha, tau_min=tau_min)

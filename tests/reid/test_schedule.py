@@ -3,7 +3,7 @@ import math
 import pytest
 
 from sharpattn.reid.engine import train
-from sharpattn.reid.schedule import FallbackTemperatureSchedule, LRSchedule, temperature_schedule
+from sharpattn.reid.schedule import LRSchedule, temperature_schedule
 
 
 def test_lr_schedule_of_the_recipe():
@@ -25,9 +25,8 @@ def test_lr_schedule_arguments():
         LRSchedule(0.0)
 
 
-@pytest.mark.parametrize("make", [temperature_schedule, FallbackTemperatureSchedule])
-def test_tau_schedule_eq9(make):
-    s = make(1.0, 0.008, 0.5)
+def test_tau_schedule_eq9():
+    s = temperature_schedule(1.0, 0.008, 0.5)
     assert s(0) == 1.0
     assert s(10) == pytest.approx(math.exp(-0.08))
     assert s(86) == pytest.approx(math.exp(-0.688))  # 0.5026, still above the floor
