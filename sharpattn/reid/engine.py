@@ -298,6 +298,20 @@ def _is_main_thread():
     return threading.current_thread() is threading.main_thread()
 
 
+def _resolve_runs_folder(cfg, out_dir):
+    """``{runs}`` in ``model.weights`` is the folder that holds this run, so that a config can start
+    from another run of the same invocation (the demo's fine-tuned models from its baseline)."""
+    weights = cfg.model.weights
+    if not weights or "{runs}" not in weights:
+        return
+    cfg.model.weights = weights.replace("{runs}", str(Path(out_dir).parent))
+    if not Path(cfg.model.weights).is_file():
+        from .config import ConfigError
+        raise ConfigError(f"model.weights={weights!r} is {cfg.model.weights}, which does not exist: train that "
+                          f"run first, in the same folder (e.g. sharpattn-train --config synthetic/baseline "
+                          f"--config synthetic/san_ft), or give model.weights a file")
+
+
 class Trainer:
     """Train one model as configured, writing into ``out_dir``.
 
@@ -308,6 +322,7 @@ class Trainer:
     def __init__(self, cfg: Config, out_dir, resume=None, stop_at=None, log=print):
         self.cfg = cfg.validate()
         self.out_dir = Path(out_dir)
+        _resolve_runs_folder(cfg, self.out_dir)
         self.stop_at = stop_at
         self.rank, self.world, self.local_rank = setup_distributed(cfg.train.device)
         self.main = self.rank == 0

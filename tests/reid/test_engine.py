@@ -68,3 +68,26 @@ def test_synthetic_configs_use_the_san_model():
     assert san.model.arch == base.model.arch == "san_resnet50"
     assert san.model.blocks and san.model.tv and not base.model.blocks
     assert (san.data, san.optim, san.tau) == (base.data, base.optim, base.tau)
+
+
+def test_weights_from_another_run_of_the_same_folder(tiny_config, tmp_path):
+    from sharpattn.reid.config import ConfigError
+    from sharpattn.reid.engine import Trainer
+    with pytest.raises(ConfigError, match="train that run first"):
+        Trainer(tiny_config("model.weights='{runs}/first/best.pt'"), tmp_path / "second")
+    (tmp_path / "first").mkdir()
+    (tmp_path / "first" / "best.pt").write_bytes(b"")
+    trainer = Trainer(tiny_config("model.weights='{runs}/first/best.pt'"), tmp_path / "second")
+    assert trainer.cfg.model.weights == str(tmp_path / "first" / "best.pt")
+    assert trainer.spec["kwargs"]["weights"] == str(tmp_path / "first" / "best.pt")
+
+
+def test_the_demo_chain_fine_tunes_from_the_demo_baseline():
+    from sharpattn.reid.cli import DEFAULT_CONFIGS
+    cfgs = [load_config(name) for name in DEFAULT_CONFIGS]
+    assert [c.name for c in cfgs] == ["baseline", "baseline_ft", "san_ft"]
+    assert cfgs[0].model.weights is None and cfgs[0].optim.lr == 1e-3
+    for c in cfgs[1:]:
+        assert c.model.weights == "{runs}/baseline/best.pt" and c.optim.lr == 2e-4
+    assert cfgs[2].model.blocks == [1, 2, 3, 4] and cfgs[1].model.blocks == []
+    assert all(c.optim.grad_clip == 5.0 for c in cfgs)
