@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from .distance import compute_distance_matrix
-from .pairs import check_training_set, cross_camera_scatter, sample_negative_pairs
+from .pairs import (add_lower_product, check_training_set, cross_camera_scatter, mirror_lower,
+                    sample_negative_pairs)
 from .rerank import re_ranking
 
 __all__ = ["Euclidean", "XQDA", "KISSME", "LEARNED_METRICS", "build_metric", "metric_from_state_dict",
@@ -286,10 +287,9 @@ class KISSME(_Projected):
         order_t = torch.from_numpy(order).to(x.device)
         x, pids, camids = x[order_t], pids[order_t], camids[order_t]
 
-        mean = x.mean(0)
-        xc = x - mean
-        cov = (xc.T @ xc) / (n - 1)
-        evals, vecs = torch.linalg.eigh((cov + cov.T) / 2)
+        xc = x - x.mean(0)
+        cov = mirror_lower(add_lower_product(torch.zeros(d, d, dtype=x.dtype, device=x.device), xc, xc)) / (n - 1)
+        evals, vecs = torch.linalg.eigh(cov)
         P = vecs.flip(1)[:, :p]
         z = xc @ P
         pos, num_pos, _, _ = cross_camera_scatter(z, pids, camids, negatives=False, progress=progress,

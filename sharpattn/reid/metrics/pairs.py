@@ -16,7 +16,8 @@ by enumerating pairs: over the unordered pairs {i, j} of a pair set P,
 where a_i is the number of partners of i in P and Y_i the sum of their features. For the
 positives, Y_i = (sum over i's identity) - (sum over i's identity in i's camera); for all
 cross-camera pairs, Y_i = (sum over everything) - (sum over i's camera), and the negatives are
-the difference of the two. The cost is one (n x d) x (d x 2d) product, accumulated in float64.
+the difference of the two. Both products are symmetric, so only their lower triangles are
+computed: about 5/4 n d^2 multiply-adds, accumulated in float64.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-__all__ = ["check_training_set", "cross_camera_scatter", "sample_negative_pairs"]
+__all__ = ["add_lower_product", "check_training_set", "cross_camera_scatter", "mirror_lower",
+           "sample_negative_pairs"]
 
 
 def _as_tensor(x, name):
@@ -82,6 +84,22 @@ def _chunks(n, d, rows):
     return [(s, min(n, s + rows)) for s in range(0, n, rows)]
 
 
+def add_lower_product(out, x, z, blocks=4):
+    """``out += x^T z`` for an ``x^T z`` known to be symmetric, computing only the column blocks'
+    rows on and below the diagonal (about 5/8 of the multiply-adds with 4 blocks); the strict
+    upper triangle of ``out`` is left for :func:`mirror_lower`."""
+    d = out.shape[0]
+    step = -(-d // blocks)
+    for s in range(0, d, step):
+        out[s:, s:s + step] += x[:, s:].T @ z[:, s:s + step]
+    return out
+
+
+def mirror_lower(a):
+    """The symmetric matrix whose lower triangle is ``a``'s."""
+    return torch.tril(a) + torch.tril(a, -1).T
+
+
 def cross_camera_scatter(x, pids, camids, negatives=True, chunk_rows=None, progress=False, desc="pairs"):
     """Sums of ``(x_i - x_j)(x_i - x_j)^T`` over the unordered cross-camera pairs, in float64.
 
@@ -126,19 +144,13 @@ def cross_camera_scatter(x, pids, camids, negatives=True, chunk_rows=None, progr
     for s, e in chunks:
         xc = x[s:e].to(f64)
         z_pos = a[s:e, None] * xc - (pid_sum[pid_idx[s:e]] - cell_sum[cell_idx[s:e]])
+        add_lower_product(pos, xc, z_pos)  # both products are symmetric (the pairs are)
         if negatives:
             z_all = b[s:e, None] * xc - (total - cam_sum[cam_idx[s:e]])
-            both = xc.T @ torch.cat([z_pos, z_all - z_pos], 1)
-            pos += both[:, :d]
-            neg += both[:, d:]
-        else:
-            pos += xc.T @ z_pos
+            add_lower_product(neg, xc, z_all - z_pos)
         bar.update(1)
     bar.close()
-    pos = (pos + pos.T) / 2
-    if negatives:
-        neg = (neg + neg.T) / 2
-    return pos, num_pos, neg, (num_neg if negatives else None)
+    return mirror_lower(pos), num_pos, (mirror_lower(neg) if negatives else None), (num_neg if negatives else None)
 
 
 def sample_negative_pairs(pids, camids, num, seed=0):
