@@ -11,8 +11,8 @@ from . import datasets, metrics
 from .datasets import (CUHK03, MSMT17, DukeMTMCreID, ImageDataset, ImageFolderReID, Market1501,
                        make_synthetic)
 from .features import extract_features
-from .metrics import (compute_distance_matrix, evaluate_cuhk03_classic, evaluate_rank,
-                      re_ranking)
+from .metrics import (KISSME, XQDA, Euclidean, build_metric, compute_distance_matrix,
+                      evaluate_cuhk03_classic, evaluate_rank, metric_from_state_dict, re_ranking)
 from .sampler import IdentityBatchSampler
 from .transforms import build_test_transform, build_train_transform
 from .visualize import plot_ranked_lists
@@ -32,3 +32,4 @@ __all__ = ["CUHK03", "CheckpointError", "Config", "ConfigError", "DukeMTMCreID",
            "load_checkpoint", "load_config", "make_synthetic", "metrics", "plot_attention_masks",
            "plot_ranked_lists", "plot_training_curves", "re_ranking", "register_model",
            "save_checkpoint", "temperature_schedule", "train"]
+__all__ += ["Euclidean", "KISSME", "XQDA", "build_metric", "metric_from_state_dict"]  # learned metrics

@@ -58,6 +58,8 @@ def _eval_parser(prog="sharpattn-eval"):
     p.add_argument("--data-root", metavar="DIR", help="shortcut for data.root=DIR")
     p.add_argument("--dataset", help="shortcut for data.name=NAME (default: the training dataset)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al. 2017)")
+    p.add_argument("--metric", metavar="NAME[,NAME]", help="euclidean, xqda, kissme or all (default: eval.metrics); "
+                   "XQDA / KISSME are fitted on the training split's features (cached in the run folder)")
     crop = p.add_mutually_exclusive_group()
     crop.add_argument("--ten-crop", dest="ten_crop", action="store_true", default=None, help="10-crop testing")
     crop.add_argument("--no-ten-crop", dest="ten_crop", action="store_false", help="one resized view per image")
@@ -154,9 +156,13 @@ def run_eval(args):
     import torch
 
     from .checkpoint import check_model_spec, load_model_state
-    from .engine import build_dataset, evaluate, format_metrics_table, resolve_device, write_pictures
+    from .engine import build_dataset, evaluate, resolve_device, write_pictures
+    from .metric_eval import (evaluate_metrics, file_digest, metrics_table, resolve_metric_names,
+                              uses_learned_metrics)
     from .modeling import build_model, model_spec
 
+    if args.metric:
+        resolve_metric_names(args.metric)  # a typo fails before anything is loaded
     ckpt = load_checkpoint(args.checkpoint)
     cfg = config_from_dict(ckpt["config"], origin=ckpt["path"])
     apply_overrides(cfg, _shortcuts(args))
@@ -169,12 +175,18 @@ def run_eval(args):
     dataset = build_dataset(cfg.data)
     out_dir = Path(args.output) if args.output else Path(ckpt["path"]).parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics, distmat = evaluate(model, dataset, cfg, device, progress=cfg.train.progress,
-                                ten_crop=args.ten_crop, rerank=args.rerank or None)
+    if args.metric or uses_learned_metrics(cfg):  # one row per metric
+        metrics, distmat = evaluate_metrics(model, dataset, cfg, device, args.metric or cfg.eval.metrics,
+                                            cfg.train.progress, args.ten_crop, args.rerank or None,
+                                            cache_dir=Path(ckpt["path"]).parent, save_dir=out_dir,
+                                            model_digest=file_digest(ckpt["path"]))
+    else:
+        metrics, distmat = evaluate(model, dataset, cfg, device, progress=cfg.train.progress,
+                                    ten_crop=args.ten_crop, rerank=args.rerank or None)
     metrics["checkpoint"] = ckpt["path"]
     metrics["dataset"] = cfg.data.name
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    table = format_metrics_table([(cfg.name, metrics)])
+    table = metrics_table(cfg.name, metrics)
     (out_dir / "metrics.md").write_text(
         f"# {cfg.name} on {cfg.data.name}\n\nCheckpoint `{ckpt['path']}`; {metrics['protocol']}, "
         f"10-crop {metrics['ten_crop']}, re-ranking {metrics['rerank']}.\n\n{table}\n")

@@ -122,6 +122,7 @@ class EvalConfig:
     ten_crop: bool = True            # SAN: standard 10-crop testing
     rerank: bool = False             # k-reciprocal re-ranking (Zhong et al. 2017)
     metric: str = "euclidean"
+    metrics: list = field(default_factory=lambda: ["euclidean"])  # final evaluation: + xqda, kissme (one row each)
     ap_mode: str = "standard"        # "standard" (torchreid) or "market" (official MATLAB code)
     batch_size: int = 64
     ranked_queries: int = 8          # rows of the ranked-list picture
@@ -167,6 +168,8 @@ class Config:
             bad("eval.ap_mode", f"must be 'standard' or 'market', got {self.eval.ap_mode!r}")
         if self.eval.metric not in ("euclidean", "sqeuclidean", "cosine"):
             bad("eval.metric", f"must be euclidean, sqeuclidean or cosine, got {self.eval.metric!r}")
+        if not self.eval.metrics or any(m not in ("euclidean", "xqda", "kissme") for m in self.eval.metrics):
+            bad("eval.metrics", f"must list some of euclidean, xqda, kissme, got {self.eval.metrics}")
         if self.tau.tau0 <= 0 or self.tau.tau_min <= 0:
             bad("tau", "tau0 and tau_min must be > 0")
         if any(b not in (1, 2, 3, 4) for b in self.model.blocks):

@@ -44,7 +44,9 @@ from .diagnostics import (EpochDiagnostics, block_columns, gradient_statistics, 
                           sharpness_line)
 from .features import extract_features
 from .losses import all_gather_with_grad, batch_hard_triplet_loss
+from .metric_eval import evaluate_metrics, metrics_table, uses_learned_metrics
 from .metrics import compute_distance_matrix, evaluate_cuhk03_classic, evaluate_rank, re_ranking
+from .metrics.learned import metric_distances
 from .modeling import build_model, model_spec
 from .optim import backward_and_step
 from .sampler import IdentityBatchSampler
@@ -232,20 +234,27 @@ def _test_loader(items, cfg, ten_crop):
                       shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available())
 
 
-def evaluate(model, dataset, cfg, device, progress=True, ten_crop=None, rerank=None, amp_ctx=None):
+def evaluate(model, dataset, cfg, device, progress=True, ten_crop=None, rerank=None, amp_ctx=None,
+             metric=None, features=None):
     """Embed query and gallery, score them with the dataset's protocol.
 
     Returns ``(metrics, distmat)``; ``metrics`` has ``rank1``, ``rank5``, ``rank10``, ``mAP``,
-    ``mINP`` (fractions), ``cmc`` (list), the protocol and the options used.
+    ``mINP`` (fractions), ``cmc`` (list), the protocol and the options used. ``metric``: a
+    fitted learned metric (``sharpattn.reid.XQDA`` ...) instead of ``eval.metric``;
+    ``features``: ``((qf, qp, qc), (gf, gp, gc))`` already extracted (see ``metric_eval``).
     """
     ten_crop = cfg.eval.ten_crop if ten_crop is None else ten_crop
     rerank = cfg.eval.rerank if rerank is None else rerank
     ctx = amp_ctx if amp_ctx is not None else nullcontext()
-    with ctx:
-        qf, qp, qc = extract_features(model, _test_loader(dataset.query, cfg, ten_crop), device, progress)
-        gf, gp, gc = extract_features(model, _test_loader(dataset.gallery, cfg, ten_crop), device, progress)
+    if features is None:
+        with ctx:
+            features = [extract_features(model, _test_loader(items, cfg, ten_crop), device, progress)
+                        for items in (dataset.query, dataset.gallery)]
+    (qf, qp, qc), (gf, gp, gc) = features
     qf, gf = qf.float(), gf.float()
-    if rerank:
+    if metric is not None:
+        distmat = metric_distances(metric, qf, gf, rerank=rerank, progress=progress)
+    elif rerank:
         distmat = re_ranking(qf, gf, progress=progress)
     else:
         distmat = compute_distance_matrix(qf, gf, metric=cfg.eval.metric)
@@ -261,6 +270,7 @@ def evaluate(model, dataset, cfg, device, progress=True, ten_crop=None, rerank=N
                "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(r["mAP"]),
                "mINP": float(r["mINP"]), "cmc": [float(c) for c in cmc[:20]],
                "protocol": protocol, "ten_crop": bool(ten_crop), "rerank": bool(rerank),
+               "metric": cfg.eval.metric if metric is None else metric.name,
                "num_query": len(dataset.query), "num_gallery": len(dataset.gallery)}
     return metrics, distmat
 
@@ -612,8 +622,14 @@ class Trainer:
         last = e + 1 == cfg.optim.epochs
         if last or (cfg.train.eval_every and (e + 1) % cfg.train.eval_every == 0):
             if self.main:
-                metrics, self._distmat = evaluate(self.raw_model, self.dataset, cfg, self.device,
-                                                  cfg.train.progress, amp_ctx=self._amp_ctx())
+                if last and uses_learned_metrics(cfg):  # eval.metrics: one row per metric
+                    metrics, self._distmat = evaluate_metrics(self.raw_model, self.dataset, cfg, self.device,
+                                                              cfg.eval.metrics, cfg.train.progress,
+                                                              amp_ctx=self._amp_ctx(), save_dir=self.out_dir,
+                                                              log=self.log)
+                else:
+                    metrics, self._distmat = evaluate(self.raw_model, self.dataset, cfg, self.device,
+                                                      cfg.train.progress, amp_ctx=self._amp_ctx())
                 self.last_metrics = metrics
                 rec.update({k: metrics[k] for k in ("rank1", "rank5", "mAP", "mINP")})
                 if self.tb is not None:
@@ -739,6 +755,9 @@ def write_report(path, cfg, metrics, history, best, elapsed):
                   f"re-ranking {metrics['rerank']}; {metrics['num_query']} queries, "
                   f"{metrics['num_gallery']} gallery images):", "",
                   format_metrics_table([(cfg.name, metrics)]), ""]
+        if metrics.get("by_metric"):  # eval.metrics: fitted on the training split's features
+            lines += ["Metrics (XQDA / KISSME fitted on the training split's features):", "",
+                      metrics_table(cfg.name, metrics), ""]
     if best.get("epoch", -1) >= 0:
         lines += [f"Best mAP {100 * best['mAP']:.1f} at epoch {best['epoch'] + 1} (best.pt).", ""]
     if history:
