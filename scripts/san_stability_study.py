@@ -34,6 +34,8 @@ VARIANTS = {
     "san_clip_detach_range": ("synthetic/san", ["optim.grad_clip=5.0", "model.detach_range=true"]),
     "san_clip_logit_floor": ("synthetic/san", ["optim.grad_clip=5.0", "model.logit_floor=0.01"]),
     "san_soft": ("synthetic/san", ["optim.grad_clip=null", "model.mask=soft"]),
+    # sharp attention only where the demo's planes are not tiny (16 x 8, 8 x 4; not 4 x 2, 2 x 1)
+    "san_clip_blocks12": ("synthetic/san", ["optim.grad_clip=5.0", "model.blocks=[1,2]", "model.context=[1,2]"]),
     # the paper's regime in miniature: fine-tune from a trained backbone at lr 2e-4 (--init-from)
     "ft_baseline": ("synthetic/baseline", ["optim.grad_clip=null", "optim.lr=2e-4"]),
     "ft_baseline_clip": ("synthetic/baseline", ["optim.grad_clip=5.0", "optim.lr=2e-4"]),
