@@ -50,15 +50,8 @@ def recording_masks(model: nn.Module):
             model(images)
         masks["layer1"]  # M of the block named layer1
     """
-    masks: dict[str, torch.Tensor] = {}
-    blocks = list(attention_blocks(model))
-    for name, block in blocks:
-        block._mask_sink, block._record_key = masks, name
-    try:
+    with _recording(model, "_mask_sink") as masks:
         yield masks
-    finally:
-        for _, block in blocks:
-            block._mask_sink = None
 
 
 @contextlib.contextmanager
@@ -74,12 +67,20 @@ def recording_gradients(model: nn.Module):
     itself, passed to the gate as a separate view so that the two paths stay apart); it is what
     the mask's derivative (eq. 3-5) produces, before it joins the gradient through T.
     """
-    grads: dict[str, dict[str, torch.Tensor]] = {}
+    with _recording(model, "_grad_sink") as grads:
+        yield grads
+
+
+@contextlib.contextmanager
+def _recording(model: nn.Module, sink_attribute: str):
+    """Give every block a shared dict to record into (under its name) for the `with`."""
+    sink: dict = {}
     blocks = list(attention_blocks(model))
     for name, block in blocks:
-        block._grad_sink, block._record_key = grads, name
+        setattr(block, sink_attribute, sink)
+        block._record_key = name
     try:
-        yield grads
+        yield sink
     finally:
         for _, block in blocks:
-            block._grad_sink = None
+            setattr(block, sink_attribute, None)
