@@ -76,7 +76,8 @@ def _launch_everything():
         grid_occlusion.grid_occlusion_backward(m(2, 4, 3, 5, 7, dtype=dtype), 2, 2)
         grid_occlusion.grid_occlusion_pool(t, 2, 2)
         grid_occlusion.grid_occlusion_pool_backward(m(2, 4, 3, dtype=dtype), t, 2, 2)
-        philox.philox_uniform_out(m(4, 10, dtype=dtype), 1, 0)
+        if dtype != torch.bfloat16:  # the uniforms are float32 or float64
+            philox.philox_uniform_out(m(4, 10, dtype=dtype), 1, 0)
 
 
 def main(targets):
