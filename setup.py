@@ -14,11 +14,14 @@ What was built is written to sharpattn/_build_config.py and reported by sharpatt
 torch must already be installed: build with ``pip install --no-build-isolation .``.
 """
 
+import ast
 import glob
 import os
+import pprint
 import re
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -113,9 +116,20 @@ def _cudart_link_dir(cuda_home, build_dir):
 
 
 def _write_build_config(config):
-    lines = ['"""Written by setup.py: what sharpattn._C was compiled with."""', ""]
-    lines += [f"{key} = {value!r}" for key, value in config.items()]
-    (ROOT / "sharpattn" / "_build_config.py").write_text("\n".join(lines) + "\n")
+    """Record the build under this interpreter's extension suffix, keeping the others.
+
+    One source tree can hold in-place builds of sharpattn._C for several Pythons (CI builds
+    today's stack on 3.11 and the GPU machine's on 3.12): each must report its own torch.
+    """
+    path = ROOT / "sharpattn" / "_build_config.py"
+    builds = {}
+    if path.is_file():
+        text = path.read_text()
+        if "BUILDS = " in text:  # an older file (one build, no BUILDS) is dropped
+            builds = ast.literal_eval(text.split("BUILDS = ", 1)[1])
+    builds[sysconfig.get_config_var("EXT_SUFFIX")] = config
+    path.write_text('"""Written by setup.py: what sharpattn._C was compiled with, per extension '
+                    'suffix."""\n\nBUILDS = ' + pprint.pformat(builds) + "\n")
 
 
 def _extensions():
@@ -154,9 +168,12 @@ def _extensions():
 
 
 def _build_ext():
+    # Plain BuildExtension (its defaults keep the ABI suffix): torch 2.11's with_options() passes
+    # its keywords on to setuptools' Command.__init__, which setuptools 77.0.3 rejects (78.1.1 and
+    # 79.0.1 accept them).
     from torch.utils.cpp_extension import BuildExtension
 
-    return BuildExtension.with_options(no_python_abi_suffix=False)
+    return BuildExtension
 
 
 setup(
@@ -166,6 +183,8 @@ setup(
     package_dir={"sharpattn.kernels": "kernels"},
     # The training configs (one YAML per Table I row) ship inside the package.
     package_data={"sharpattn.reid": ["configs/*.yaml", "configs/*/*.yaml"]},
+    # The legacy License field, read by every setuptools (pyproject.toml says why it is here).
+    license="BSD-3-Clause",
     ext_modules=_extensions(),
     cmdclass={"build_ext": _build_ext()},
 )

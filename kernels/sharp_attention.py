@@ -40,12 +40,15 @@ def _scalar(hi, mid, lo, ACC: tl.constexpr):
 
     The parts hold 72 significant bits, so their float64 sum is the original value exactly;
     float32 compute uses the first part, the float32 rounding of the value.
+    tl.full([], v, dtype) casts both a compiled float32 argument and the interpreter's plain
+    Python float (exactly: each part is a float32 value), in Triton 3.6 and 3.9 alike
+    (tl.to_tensor is not exported by Triton 3.6).
     """
     if ACC == tl.float64:
-        return (tl.to_tensor(hi).to(tl.float64) + tl.to_tensor(mid).to(tl.float64)) \
-            + tl.to_tensor(lo).to(tl.float64)
+        return (tl.full([], hi, tl.float64) + tl.full([], mid, tl.float64)) \
+            + tl.full([], lo, tl.float64)
     else:
-        return tl.to_tensor(hi).to(tl.float32)
+        return tl.full([], hi, tl.float32)
 
 
 @triton.jit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import sysconfig
 import warnings
 
 import torch
@@ -17,9 +18,11 @@ except ImportError as error:  # not built, or built against another torch (undef
     _load_error = f"{type(error).__name__}: {error}"
 
 try:
-    _config = importlib.import_module("sharpattn._build_config")
-except ImportError:
-    _config = None
+    # What setup.py recorded for this interpreter's build (one tree can hold several).
+    _config = importlib.import_module("sharpattn._build_config").BUILDS.get(
+        sysconfig.get_config_var("EXT_SUFFIX"), {})
+except (ImportError, AttributeError):
+    _config = {}
 
 
 def compiled() -> bool:
@@ -53,10 +56,10 @@ def build_info() -> dict:
         "load_error": _load_error,
         "cpu_kernels": CPU_KERNELS,
         "cuda_kernels": CUDA_KERNELS,
-        "built_with_torch": getattr(_config, "torch_version", None),
-        "built_with_cuda": getattr(_config, "torch_cuda_version", None),
-        "cuda_build_note": getattr(_config, "cuda_reason", None),
-        "cuda_arch_list": getattr(_config, "cuda_arch_list", None),
+        "built_with_torch": _config.get("torch_version"),
+        "built_with_cuda": _config.get("torch_cuda_version"),
+        "cuda_build_note": _config.get("cuda_reason"),
+        "cuda_arch_list": _config.get("cuda_arch_list"),
         "runtime_torch": torch.__version__,
         "runtime_cuda": torch.version.cuda,
         "gpu_visible": torch.cuda.is_available(),

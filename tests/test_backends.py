@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import sharpattn
-from sharpattn import backends
+from sharpattn import _extension, backends
 from sharpattn import functional as F
 
 
@@ -13,6 +13,15 @@ def test_cpu_kernels_are_built_and_default():
     assert info["compiled"] and info["cpu_kernels"], info["problems"]
     assert backends.default("cpu") == "cpu"
     assert "cpu" in backends.available("cpu") and "reference" in backends.available("cpu")
+
+
+def test_build_record_is_this_interpreters():
+    """setup.py records each interpreter's build apart (CI builds two stacks in one tree), so
+    build_info names the torch this sharpattn._C was compiled against, not another's."""
+    info = sharpattn.build_info()
+    assert info["built_with_torch"] is not None, info
+    assert _extension._major_minor(info["built_with_torch"]) == \
+        _extension._major_minor(torch.__version__), info
 
 
 def test_report_gives_a_reason_for_every_unavailable_backend():
