@@ -27,7 +27,7 @@ def __getattr__(name):
     if name in ("models", "export"):
         import importlib
 
-        return importlib.import_module(".models", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'sharpattn' has no attribute {name!r}")
 
 _extension.warn_if_broken()
