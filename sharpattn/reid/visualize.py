@@ -13,7 +13,8 @@ from .metrics.rank import JUNK_PID
 
 __all__ = ["ranked_list", "plot_ranked_lists", "COLOURS"]
 
-COLOURS = {"query": (40, 90, 220), "correct": (20, 170, 60), "wrong": (220, 30, 30)}
+COLOURS = {"query": (40, 90, 220), "correct": (20, 170, 60), "wrong": (220, 30, 30),
+           "unlabelled": (150, 150, 150)}
 
 
 def ranked_list(dist_row, q_pid, q_camid, g_pids, g_camids):
@@ -32,10 +33,15 @@ def plot_ranked_lists(distmat, query, gallery, out_path, topk=10, num_queries=8,
     a correct match (same identity) a green one, a wrong match a red one; under each image:
     its rank, identity, camera and distance. Queries are ``query_indices``, or drawn with
     ``seed``. Returns the path written.
+
+    Unlabelled images (``pid`` None, e.g. ``sharpattn-search`` on your own folders): the whole
+    gallery is ranked by distance (no junk rules), matches get a grey frame, and under each
+    image are its rank, distance and file name.
     """
     d = distmat.detach().cpu().numpy() if isinstance(distmat, torch.Tensor) else np.asarray(distmat)
     if d.shape != (len(query), len(gallery)):
         raise ValueError(f"distmat {d.shape} does not match {len(query)} queries x {len(gallery)} gallery items")
+    labelled = all(p is not None for _, p, _ in list(query) + list(gallery))
     g_pids = np.array([p for _, p, _ in gallery])
     g_cams = np.array([c for _, _, c in gallery])
     if query_indices is None:
@@ -60,14 +66,28 @@ def plot_ranked_lists(distmat, query, gallery, out_path, topk=10, num_queries=8,
     for row, qi in enumerate(query_indices):
         y = row * row_h + pad
         qpath, qpid, qcam = query[qi]
-        put(qpath, pad, y, COLOURS["query"], ["query", f"id {qpid}", f"cam {qcam}"])
-        order = ranked_list(d[qi], qpid, qcam, g_pids, g_cams)[:topk]
+        if not labelled:
+            put(qpath, pad, y, COLOURS["query"], ["query", _short(qpath, cw)])
+            order = np.argsort(d[qi], kind="stable")[:topk]
+        else:
+            put(qpath, pad, y, COLOURS["query"], ["query", f"id {qpid}", f"cam {qcam}"])
+            order = ranked_list(d[qi], qpid, qcam, g_pids, g_cams)[:topk]
         for k, gi in enumerate(order):
             gpath, gpid, gcam = gallery[gi]
-            colour = COLOURS["correct"] if gpid == qpid else COLOURS["wrong"]
             x = gap + col_w * (k + 1) + pad
+            if not labelled:
+                put(gpath, x, y, COLOURS["unlabelled"],
+                    [f"#{k + 1}", f"d={d[qi, gi]:.4g}", _short(gpath, cw)])
+                continue
+            colour = COLOURS["correct"] if gpid == qpid else COLOURS["wrong"]
             put(gpath, x, y, colour, [f"#{k + 1} id {gpid}", f"cam {gcam}", f"d={d[qi, gi]:.4g}"])
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out_path)
     return out_path
+
+
+def _short(path, width_px):
+    """The file name, cut to what fits under an image ``width_px`` wide (6 px per character)."""
+    name, room = Path(path).name, max(4, width_px // 6)
+    return name if len(name) <= room else name[:room - 2] + ".."
