@@ -12,7 +12,8 @@ ResNet-50 baseline) in eval mode, images -> embeddings, side by side in one run:
 
 Batch 64 at 256 x 128 unless --model-batch / --model-size are given; --rounds and --warmup as
 in the other suites (default here: 3 rounds, 1 warm-up, on any device). Each result records
-images_per_s, the thread count and the load average before and after (the CPU may be shared).
+images_per_s, the thread count and the load average before and after (the CPU may be shared);
+SHARPATTN_BENCH_LOG=FILE also appends one line per finished case to FILE.
 The model has random weights with batch-norm statistics from two training-mode passes, so the
 embeddings have a trained model's scale; the speed does not depend on the weights.
 """
@@ -28,7 +29,7 @@ from torch import nn
 from benchmarks import common
 
 MODELS = ("san", "baseline")
-IMPLS = ("eager", "compile", "onnxruntime")
+RUNTIMES = ("eager", "compile", "onnxruntime")
 
 
 def _settings(config, device):
@@ -86,14 +87,14 @@ def _ort_session(path, device):
     return ort.InferenceSession(str(path), options, providers=providers), None
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("model_name", MODELS)
-def test_inference_throughput(benchmark, request, device, env, built, model_name, impl):
+def test_inference_throughput(benchmark, request, device, env, built, model_name, runtime):
     batch, height, width, rounds, warmup = _settings(request.config, device)
     model, path = built(model_name)
     gen = torch.Generator().manual_seed(1)
     images = torch.randn(batch, 3, height, width, generator=gen).to(device)
-    if impl == "onnxruntime":
+    if runtime == "onnxruntime":
         session, reason = _ort_session(path, device)
         if session is None:
             common.skip(request, reason)
@@ -103,7 +104,7 @@ def test_inference_throughput(benchmark, request, device, env, built, model_name
             return session.run(None, feed)[0]
     else:
         run = model
-        if impl == "compile":
+        if runtime == "compile":
             run = torch.compile(model, dynamic=False)
 
         def fn():
@@ -114,7 +115,7 @@ def test_inference_throughput(benchmark, request, device, env, built, model_name
     fn()  # compiles (torch.compile) / warms the session; not timed
     extra = benchmark.extra_info
     extra.update(env)
-    extra.update({"suite": "deploy", "model": model_name, "impl": impl, "batch": batch,
+    extra.update({"suite": "deploy", "model": model_name, "impl": runtime, "batch": batch,
                   "size": [height, width], "threads": torch.get_num_threads(),
                   "loadavg_before": list(os.getloadavg())})
     benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
@@ -123,3 +124,11 @@ def test_inference_throughput(benchmark, request, device, env, built, model_name
     if stats is not None and getattr(stats, "stats", None) is not None:
         extra["median_s"] = stats.stats.median
         extra["images_per_s"] = batch / stats.stats.median
+        # One line per finished case, so a long CPU run that is stopped keeps what it measured.
+        log = os.environ.get("SHARPATTN_BENCH_LOG")
+        if log:
+            with open(log, "a") as f:
+                f.write(f"{model_name} {runtime} batch {batch} {height}x{width}: median "
+                        f"{stats.stats.median:.3f} s, {extra['images_per_s']:.2f} images/s, "
+                        f"load {extra['loadavg_before'][0]:.1f} -> "
+                        f"{extra['loadavg_after'][0]:.1f}, threads {extra['threads']}\n")
