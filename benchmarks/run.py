@@ -3,6 +3,7 @@
     python -m benchmarks.run                      # ops and models suites, default device
     python -m benchmarks.run ops --device cpu     # one suite; other arguments go to pytest
     python -m benchmarks.run models --quick
+    python -m benchmarks.run deploy --device cpu  # inference: eager / torch.compile / onnxruntime
     python -m benchmarks.report                   # then: tables and plots
 
 Writes benchmarks/results/<device>-<suite>.json (e.g. cpu-amd-epyc-2cores-ops.json,
@@ -18,17 +19,17 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUITES = {"ops": "bench_ops.py", "models": "bench_models.py"}
+SUITES = {"ops": "bench_ops.py", "models": "bench_models.py", "deploy": "bench_deploy.py"}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("suites", nargs="*", default=[], help="ops and/or models (default: both)")
+    parser.add_argument("suites", nargs="*", default=[], help="ops, models and/or deploy (default: ops and models)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--tag", default="", help="appended to the file name: <device>-<suite>-<tag>.json")
     args, pytest_args = parser.parse_known_args(argv)
-    suites = args.suites or list(SUITES)
+    suites = args.suites or ["ops", "models"]
     for suite in suites:
         if suite not in SUITES:
             parser.error(f"unknown suite {suite!r}; choose from {list(SUITES)}")

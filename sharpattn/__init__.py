@@ -23,11 +23,12 @@ __all__ = ["ContextAwareUnit", "GridOcclusion", "SharpAttentionBlock", "SharpMas
 
 
 def __getattr__(name):
-    # sharpattn.models imports torchvision: loaded on first use, not with the operators.
-    if name == "models":
+    # sharpattn.models imports torchvision, sharpattn.export torch.export and onnx helpers:
+    # loaded on first use, not with the operators.
+    if name in ("models", "export"):
         import importlib
 
-        return importlib.import_module(".models", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'sharpattn' has no attribute {name!r}")
 
 _extension.warn_if_broken()

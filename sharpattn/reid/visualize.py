@@ -14,7 +14,7 @@ from .metrics.rank import JUNK_PID
 __all__ = ["ranked_list", "plot_ranked_lists", "COLOURS"]
 
 COLOURS = {"query": (40, 90, 220), "correct": (20, 170, 60), "wrong": (220, 30, 30),
-           "distractor": (150, 150, 150)}
+           "distractor": (150, 150, 150), "unlabelled": (90, 90, 90)}
 HEADER = 44  # pixels above the first row: the title and the legend
 
 
@@ -35,10 +35,15 @@ def plot_ranked_lists(distmat, query, gallery, out_path, topk=10, num_queries=8,
     a wrong match red, a distractor (identity ``distractor_pid``, e.g. Market-1501's 0) grey;
     a legend and ``title`` head the picture. Under each image: its rank, identity, camera and
     distance. Queries are ``query_indices``, or drawn with ``seed``. Returns the path written.
+
+    Unlabelled images (``pid`` None, e.g. ``sharpattn-search`` on your own folders): the whole
+    gallery is ranked by distance (no junk rules), matches get a dark grey frame, and under each
+    image are its rank, distance and file name.
     """
     d = distmat.detach().cpu().numpy() if isinstance(distmat, torch.Tensor) else np.asarray(distmat)
     if d.shape != (len(query), len(gallery)):
         raise ValueError(f"distmat {d.shape} does not match {len(query)} queries x {len(gallery)} gallery items")
+    labelled = all(p is not None for _, p, _ in list(query) + list(gallery))
     g_pids = np.array([p for _, p, _ in gallery])
     g_cams = np.array([c for _, _, c in gallery])
     if query_indices is None:
@@ -48,7 +53,8 @@ def plot_ranked_lists(distmat, query, gallery, out_path, topk=10, num_queries=8,
     pad, frame, text_h, gap, head = 6, 4, 40, 16, HEADER
     font = ImageFont.load_default()
     col_w = cw + 2 * pad
-    legend = [(name, 30 + 7 * len(name)) for name in ("query", "correct", "wrong", "distractor")]
+    kinds = ("query", "correct", "wrong", "distractor") if labelled else ("query", "unlabelled")
+    legend = [(name, 30 + 7 * len(name)) for name in kinds]
     width = max(col_w * (topk + 1) + gap, 2 * pad + sum(w for _, w in legend))
     row_h = ch + 2 * pad + text_h
     canvas = Image.new("RGB", (width, head + row_h * len(query_indices)), (255, 255, 255))
@@ -70,10 +76,18 @@ def plot_ranked_lists(distmat, query, gallery, out_path, topk=10, num_queries=8,
     for row, qi in enumerate(query_indices):
         y = head + row * row_h + pad
         qpath, qpid, qcam = query[qi]
-        put(qpath, pad, y, COLOURS["query"], ["query", f"id {qpid}", f"cam {qcam + 1}"])
-        order = ranked_list(d[qi], qpid, qcam, g_pids, g_cams)[:topk]
+        if not labelled:
+            put(qpath, pad, y, COLOURS["query"], ["query", _short(qpath, cw)])
+            order = np.argsort(d[qi], kind="stable")[:topk]
+        else:
+            put(qpath, pad, y, COLOURS["query"], ["query", f"id {qpid}", f"cam {qcam + 1}"])
+            order = ranked_list(d[qi], qpid, qcam, g_pids, g_cams)[:topk]
         for k, gi in enumerate(order):
             gpath, gpid, gcam = gallery[gi]
+            if not labelled:
+                x = gap + col_w * (k + 1) + pad
+                put(gpath, x, y, COLOURS["unlabelled"], [f"#{k + 1}", f"d={d[qi, gi]:.4g}", _short(gpath, cw)])
+                continue
             kind = "correct" if gpid == qpid else \
                 "distractor" if distractor_pid is not None and gpid == distractor_pid else "wrong"
             x = gap + col_w * (k + 1) + pad
@@ -82,3 +96,9 @@ def plot_ranked_lists(distmat, query, gallery, out_path, topk=10, num_queries=8,
     out_path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out_path)
     return out_path
+
+
+def _short(path, width_px):
+    """The file name, cut to what fits under an image ``width_px`` wide (6 px per character)."""
+    name, room = Path(path).name, max(4, width_px // 6)
+    return name if len(name) <= room else name[:room - 2] + ".."

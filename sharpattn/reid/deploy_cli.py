@@ -1,0 +1,233 @@
+"""Command lines for using a trained model: ``sharpattn-export``, ``sharpattn-embed``,
+``sharpattn-search`` (see README, "Use a trained model").
+
+    sharpattn-export runs/<run>/best.pt --format onnx -o san.onnx
+    sharpattn-embed runs/<run>/best.pt photos/ -o features.npz
+    sharpattn-search runs/<run>/best.pt --query me/ --gallery photos/ -o search/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+
+__all__ = ["embed_main", "export_main", "search_main"]
+
+FORMATS = {".onnx": "onnx", ".pt2": "pt2"}
+
+
+def _common(p, batch=True):
+    p.add_argument("--height", type=int, help="input height (default: the training config's)")
+    p.add_argument("--width", type=int, help="input width (default: the training config's)")
+    if batch:
+        p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda")
+        p.add_argument("--batch-size", type=int, default=64, help="images per forward [64]")
+        p.add_argument("--workers", type=int, default=None,
+                       help="image-decoding processes [up to 4, fewer on small machines]")
+        p.add_argument("--ten-crop", action="store_true",
+                       help="average the embeddings of 10 crops per image (slower, as sharpattn-eval)")
+        p.add_argument("--strict", action="store_true",
+                       help="stop at an unreadable image instead of skipping it with a warning")
+        p.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress bar")
+
+
+def _export_parser():
+    p = argparse.ArgumentParser(
+        prog="sharpattn-export",
+        description="Export a checkpoint's model (eval mode: deterministic masks) to ONNX or a "
+                    "torch.export .pt2 file, then run the file and the model on a random batch and "
+                    "print how close they are.")
+    p.add_argument("checkpoint", help="checkpoint file (best.pt / last.pt) or run folder")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
+    p.add_argument("--format", choices=sorted(set(FORMATS.values())),
+                   help="onnx or pt2 (default: from the file's extension)")
+    p.add_argument("--static-batch", type=int, metavar="N",
+                   help="fix the batch size at N (default: any batch size)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: torch's)")
+    p.add_argument("--check-batch", type=int, default=4, metavar="N",
+                   help="random batch for the comparison [4]; 0 skips it")
+    _common(p, batch=False)
+    return p
+
+
+def _size(args, cfg):
+    return (args.height or cfg.data.height, args.width or cfg.data.width)
+
+
+def run_export(args):
+    import torch
+
+    from ..export import ExportError, compare_exported_program, compare_onnx, describe_check
+    from ..export import example_input, to_exported_program, to_onnx
+    from .deploy import load_inference_model
+
+    fmt = args.format or FORMATS.get(Path(args.output).suffix.lower())
+    if fmt is None:
+        raise ExportError(f"cannot tell the format from {args.output!r}: use --format onnx|pt2 "
+                          f"or a .onnx / .pt2 name")
+    model, cfg, ckpt = load_inference_model(args.checkpoint)
+    height, width = _size(args, cfg)
+    dynamic = args.static_batch is None
+    opts = {"dynamic_batch": dynamic, "batch_size": args.static_batch or 1}
+    print(f"exporting {ckpt['model_spec']['arch']} from {ckpt['path']} to {fmt} at {height}x{width}, "
+          f"batch {'dynamic' if dynamic else args.static_batch}", flush=True)
+    t0 = time.time()
+    if fmt == "onnx":
+        path = to_onnx(model, args.output, height, width, opset=args.opset, **opts)
+        program = None
+    else:
+        program = to_exported_program(model, args.output, height, width, **opts)
+        path = Path(args.output)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) in {time.time() - t0:.0f} s")
+    if not args.check_batch:
+        return 0
+    batches = (1, args.check_batch) if dynamic else (args.static_batch,)
+    images = example_input(model, max(batches), height, width, seed=int(time.time()) % 2**31)
+    runner = "onnxruntime (CPU)" if fmt == "onnx" else "torch.export.load"
+    print(f"check: {runner} vs the PyTorch model in eval, random N(0, 1) images, float64 reference")
+    ok = True
+    for b in dict.fromkeys(batches):
+        if fmt == "onnx":
+            result = compare_onnx(model, path, images[:b])
+        else:
+            result = compare_exported_program(model, torch.export.load(str(path)), images[:b])
+        print(f"  {describe_check(result)}")
+        ok = ok and result["passed"]
+    if not ok:
+        print("sharpattn-export: the exported file does not reproduce the model (see above)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _embed_parser():
+    p = argparse.ArgumentParser(
+        prog="sharpattn-embed",
+        description="Embed every image under a folder (recursively) with a checkpoint's model; "
+                    "writes an .npz with names (relative paths), features (N, D) and skipped "
+                    "(unreadable images, which are skipped with a warning unless --strict).")
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("images", help="folder of images")
+    p.add_argument("-o", "--output", default="features.npz", metavar="FILE", help="[features.npz]")
+    _common(p)
+    return p
+
+
+def _embedder(args):
+    from .deploy import default_workers, embed_folder, load_inference_model
+    from .engine import resolve_device
+
+    model, cfg, ckpt = load_inference_model(args.checkpoint, resolve_device(args.device))
+    height, width = _size(args, cfg)
+    workers = default_workers() if args.workers is None else args.workers
+
+    def embed(folder):
+        return embed_folder(model, folder, height, width, ten_crop=args.ten_crop,
+                            batch_size=args.batch_size, workers=workers,
+                            progress=args.progress, strict=args.strict)
+    meta = {"checkpoint": ckpt["path"], "height": height, "width": width,
+            "ten_crop": args.ten_crop}
+    return embed, cfg, meta
+
+
+def run_embed(args):
+    from .deploy import write_features
+
+    embed, _, meta = _embedder(args)
+    result = embed(args.images)
+    path = write_features(args.output, result, **meta)
+    print(f"{len(result.names)} images -> {tuple(result.features.shape)} features in {path}"
+          + (f"; skipped {len(result.skipped)} unreadable" if result.skipped else ""))
+    return 0
+
+
+def _search_parser():
+    p = argparse.ArgumentParser(
+        prog="sharpattn-search",
+        description="Rank every image of a gallery folder for each image of a query folder (find a "
+                    "person in your own images; no labels or dataset layout). Writes ranking.csv "
+                    "(query, rank, gallery, distance) and ranks.png (each query and its best matches).")
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("--query", required=True, metavar="DIR", help="folder of query images")
+    p.add_argument("--gallery", required=True, metavar="DIR", help="folder of images to search")
+    p.add_argument("-o", "--output", metavar="DIR", help="[search-<time>]")
+    p.add_argument("--topk", type=int, default=10, help="matches per query in the picture and CSV [10]")
+    p.add_argument("--csv-all", action="store_true", help="the whole ranking in the CSV")
+    p.add_argument("--picture-queries", type=int, default=8, metavar="N",
+                   help="queries drawn in ranks.png (the first N) [8]")
+    p.add_argument("--metric", choices=("euclidean", "sqeuclidean", "cosine"),
+                   help="distance (default: the training config's eval.metric)")
+    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al. 2017)")
+    _common(p)
+    return p
+
+
+def run_search(args):
+    from .deploy import rank, write_ranking_csv
+    from .metrics import re_ranking
+    from .visualize import plot_ranked_lists
+
+    if args.topk < 1:
+        raise ValueError(f"--topk must be >= 1, got {args.topk}")
+    embed, cfg, _ = _embedder(args)
+    query, gallery = embed(args.query), embed(args.gallery)
+    metric = args.metric or cfg.eval.metric
+    dist, order = rank(query.features, gallery.features, metric)
+    if args.rerank:
+        dist = re_ranking(query.features, gallery.features, progress=args.progress).cpu()
+        order = dist.numpy().argsort(axis=1, kind="stable")
+    out = Path(args.output or f"search-{time.strftime('%Y%m%d-%H%M%S')}")
+    csv_path = write_ranking_csv(out / "ranking.csv", query, gallery, dist, order,
+                                 None if args.csv_all else args.topk)
+    shown = list(range(min(args.picture_queries, len(query.names))))
+    picture = plot_ranked_lists(dist, [(str(p), None, None) for p in query.paths],
+                                [(str(p), None, None) for p in gallery.paths], out / "ranks.png",
+                                topk=min(args.topk, 10), query_indices=shown)
+    for qi, name in enumerate(query.names[:5]):
+        best = ", ".join(f"{gallery.names[g]} ({dist[qi, g]:.3g})" for g in order[qi, :3])
+        print(f"{name}: {best}")
+    if len(query.names) > 5:
+        print(f"... {len(query.names) - 5} more queries")
+    print(f"{len(query.names)} queries x {len(gallery.names)} gallery images ({metric}"
+          f"{', re-ranked' if args.rerank else ''}): {csv_path}, {picture}")
+    return 0
+
+
+def _run(fn, parser, argv):
+    from ..export import ExportError
+
+    args = parser.parse_args(argv)
+    try:
+        return fn(args)
+    except (CheckpointError, ExportError, FileNotFoundError, OSError, ValueError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def export_main(argv=None):
+    return _run(run_export, _export_parser(), argv)
+
+
+def embed_main(argv=None):
+    return _run(run_embed, _embed_parser(), argv)
+
+
+def search_main(argv=None):
+    return _run(run_search, _search_parser(), argv)
+
+
+def _console_export():  # pragma: no cover - console script entry
+    sys.exit(export_main())
+
+
+def _console_embed():  # pragma: no cover
+    sys.exit(embed_main())
+
+
+def _console_search():  # pragma: no cover
+    sys.exit(search_main())
