@@ -169,8 +169,8 @@ def _extensions():
 
 def _build_ext():
     # Plain BuildExtension (its defaults keep the ABI suffix): torch 2.11's with_options() passes
-    # its keywords on to setuptools' Command.__init__, which setuptools 77.0.3 rejects (78.1.1 and
-    # 79.0.1 accept them).
+    # its keywords on to setuptools' Command.__init__, which setuptools 77.0.3 rejects already in
+    # metadata generation (78.1.1 to 80.9.0 got through that step; 80.9 and 81.0 built).
     from torch.utils.cpp_extension import BuildExtension
 
     return BuildExtension

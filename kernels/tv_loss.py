@@ -3,6 +3,7 @@
 One program per (n, c) plane walks it in tiles; each position reads its right and lower
 neighbours (forward) or all four (backward) through the tensor's own strides, so any layout is
 read in place. The neighbour reads hit the cache lines the tile itself just loaded.
+Positions are counted in 64 bits (HW below): a plane of 2^31 positions or more must not wrap.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ def _tv_forward_kernel(a_ptr, tv_ptr, C, H, W, s0, s1, s2, s3,
     p = tl.program_id(0).to(tl.int64)
     n = p // C
     c = p % C
+    HW = tl.cast(H, tl.int64) * W  # H * W in int32 would wrap at 2^31 positions
     lanes = tl.arange(0, BLOCK)
     total = tl.zeros([BLOCK], ACC)
-    for start in range(0, H * W, BLOCK):
+    for start in range(0, HW, BLOCK):
         j = start + lanes
-        inside = j < H * W
+        inside = j < HW
         h = j // W
         w = j % W
         v = _at(a_ptr, n, c, h, w, s0, s1, s2, s3, inside, ACC)
@@ -51,10 +53,11 @@ def _tv_backward_kernel(grad_ptr, a_ptr, out_ptr, C, H, W, s0, s1, s2, s3, o0, o
     n = p // C
     c = p % C
     g = tl.load(grad_ptr + p).to(ACC)
+    HW = tl.cast(H, tl.int64) * W  # H * W in int32 would wrap at 2^31 positions
     lanes = tl.arange(0, BLOCK)
-    for start in range(0, H * W, BLOCK):
+    for start in range(0, HW, BLOCK):
         j = start + lanes
-        inside = j < H * W
+        inside = j < HW
         h = j // W
         w = j % W
         v = _at(a_ptr, n, c, h, w, s0, s1, s2, s3, inside, ACC)

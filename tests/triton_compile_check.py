@@ -4,11 +4,14 @@ Run by tests/test_triton_compile.py in a subprocess with TRITON_INTERPRET=0 (the
 runs Triton in its interpreter, where kernels are not compiled). The launchers are called on
 meta tensors with each kernel's `run` replaced by a recorder, so the launches are exactly the
 ones the launchers make (arguments, constexprs, num_warps); each is then compiled with
-triton.compile for the targets given on the command line (e.g. 80 90). Prints one JSON line:
-{"compiled": [[kernel, target, constexprs], ...], "kernels": [every kernel name]}.
+triton.compile for the targets given on the command line (e.g. 80 90; `--only PREFIX` compiles
+only the kernels whose names start with PREFIX). Prints one JSON line: {"compiled": [[kernel,
+target, constexprs, loop index types], ...], "kernels": [every kernel name]}, where the loop
+index types are those of the kernel's scf.for loops in its Triton IR (i32 or i64).
 """
 
 import json
+import re
 import sys
 
 import torch
@@ -80,20 +83,26 @@ def _launch_everything():
             philox.philox_uniform_out(m(4, 10, dtype=dtype), 1, 0)
 
 
-def main(targets):
+def main(targets, only=""):
     launches = []
     _record(launches)
     _launch_everything()
     compiled = []
     for kernel, args, kwargs in launches:
+        if not kernel.__name__.startswith(only):
+            continue
         signature, constexprs = _signature(kernel, args, kwargs)
         options = {"num_warps": kwargs["num_warps"]} if "num_warps" in kwargs else {}
         for cc in targets:
-            triton.compile(ASTSource(kernel, signature, constexprs),
-                           target=GPUTarget("cuda", cc, 32), options=options)
-            compiled.append([kernel.__name__, cc, {k: str(v) for k, v in constexprs.items()}])
+            binary = triton.compile(ASTSource(kernel, signature, constexprs),
+                                    target=GPUTarget("cuda", cc, 32), options=options)
+            loops = re.findall(r"scf\.for .* : (i\d+)", binary.asm["ttir"])
+            compiled.append([kernel.__name__, cc, {k: str(v) for k, v in constexprs.items()},
+                             loops])
     print(json.dumps({"compiled": compiled, "kernels": sorted(_kernels())}))
 
 
 if __name__ == "__main__":
-    main([int(cc) for cc in sys.argv[1:]])
+    args = sys.argv[1:]
+    prefix = args[args.index("--only") + 1] if "--only" in args else ""
+    main([int(cc) for cc in args if cc.isdigit()], prefix)
