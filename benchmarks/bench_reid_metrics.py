@@ -45,8 +45,16 @@ def test_split():
 
 @pytest.fixture(scope="module")
 def fitted(train_split):
+    # XQDA's distance cost grows with the dimensions it keeps; "xqda_all_dims" is its worst case,
+    # all 2,048 kept (a random orthonormal W and a positive diagonal M, set by hand)
+    worst = XQDA()
+    worst.dim = DIM
+    g = torch.Generator().manual_seed(0)
+    w, _ = torch.linalg.qr(torch.randn(DIM, DIM, generator=g, dtype=torch.float64))
+    worst._set_metric(w, torch.diag(torch.rand(DIM, generator=g, dtype=torch.float64) + 0.1))
+    worst.info = {"dims_kept": DIM}
     return {"euclidean": Euclidean().fit(train_split[0]), "xqda": XQDA().fit(*train_split),
-            "kissme": KISSME().fit(*train_split)}
+            "kissme": KISSME().fit(*train_split), "xqda_all_dims": worst}
 
 
 @pytest.fixture(params=[1, None], ids=["1thread", "default_threads"])
@@ -85,7 +93,7 @@ def test_fit_market_size(benchmark, train_split, name, threads):
     benchmark.extra_info.update({k: v for k, v in metric.info.items() if k != "eigenvalues"})
 
 
-@pytest.mark.parametrize("name", ["euclidean_sqrt", "euclidean", "xqda", "kissme"])
+@pytest.mark.parametrize("name", ["euclidean_sqrt", "euclidean", "xqda", "kissme", "xqda_all_dims"])
 def test_distance_market_size(benchmark, test_split, fitted, name, threads):
     qf, gf = test_split
     out = torch.empty(NUM_QUERY, NUM_GALLERY)
