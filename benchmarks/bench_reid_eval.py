@@ -37,17 +37,6 @@ def trained_like():
     return compute_distance_matrix(qf, gf), labels
 
 
-@pytest.fixture(params=[1, None], ids=["1thread", "default_threads"])
-def threads(request):
-    # One thread is the fair number on a shared 2-core machine (busy cores make torch's
-    # threads wait on each other); None keeps torch's default.
-    before = torch.get_num_threads()
-    if request.param:
-        torch.set_num_threads(request.param)
-    yield torch.get_num_threads()
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("ap_mode", ["standard", "market"])
 def test_rank_market_size(benchmark, trained_like, ap_mode, threads):
     distmat, labels = trained_like

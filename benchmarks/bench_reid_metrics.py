@@ -57,17 +57,6 @@ def fitted(train_split):
             "kissme": KISSME().fit(*train_split), "xqda_all_dims": worst}
 
 
-@pytest.fixture(params=[1, None], ids=["1thread", "default_threads"])
-def threads(request):
-    # On a shared machine the process's CPU time (recorded as cpu_s) is the steadier figure; with
-    # one thread it is what the wall time would be on an idle core.
-    before = torch.get_num_threads()
-    if request.param:
-        torch.set_num_threads(request.param)
-    yield torch.get_num_threads()
-    torch.set_num_threads(before)
-
-
 def _timed(benchmark, fn, rounds, warmup_rounds=0, **extra):
     """Run ``fn`` under pytest-benchmark, recording load, threads and the median CPU seconds."""
     cpu = []

@@ -159,3 +159,15 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["sharpattn_failures"] = common.FAILURES
     opts = config.sharpattn_options
     output_json["sharpattn_options"] = {k: v for k, v in vars(opts).items()}
+
+
+@pytest.fixture(params=[1, None], ids=["1thread", "default_threads"])
+def threads(request):
+    """torch's CPU threads for a re-ID benchmark: 1 (the fair number on a shared 2-core machine,
+    where busy cores make torch's threads wait on each other; its CPU time is what the wall time
+    would be on an idle core) or torch's default. Yields the number in use."""
+    before = torch.get_num_threads()
+    if request.param:
+        torch.set_num_threads(request.param)
+    yield torch.get_num_threads()
+    torch.set_num_threads(before)
