@@ -24,7 +24,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 
@@ -179,10 +179,13 @@ def _build_ext():
 setup(
     # kernels/ sits at the top of the repo (the layout shows the three backends side by side)
     # and is installed as sharpattn.kernels.
-    packages=find_packages(include=["sharpattn", "sharpattn.*"]) + ["sharpattn.kernels"],
+    # Namespace discovery: the config folders (YAML only, no __init__.py) are packages too, so
+    # setuptools ships them without warning that they would be ignored.
+    packages=find_namespace_packages(include=["sharpattn", "sharpattn.*"]) + ["sharpattn.kernels"],
     package_dir={"sharpattn.kernels": "kernels"},
-    # The training configs (one YAML per Table I row) ship inside the package.
-    package_data={"sharpattn.reid": ["configs/*.yaml", "configs/*/*.yaml"]},
+    # The training configs (one YAML per Table I row) ship inside the package; only the config
+    # folders hold YAML.
+    package_data={"": ["*.yaml"]},
     # The legacy License field, read by every setuptools (pyproject.toml says why it is here).
     license="BSD-3-Clause",
     ext_modules=_extensions(),

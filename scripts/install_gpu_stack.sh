@@ -8,23 +8,34 @@
 #   bash scripts/install_gpu_stack.sh
 #   PYTHON=/path/to/python3.12 bash scripts/install_gpu_stack.sh
 #
-# Without PYTHON it takes python3.12 from PATH, else the newest 3.12 that pyenv has.
+# Without PYTHON it tries python3.12 on PATH, then every 3.12 that pyenv has (newest first),
+# and takes the first that runs: a pyenv shim named python3.12 is on PATH even when the selected
+# pyenv version is another one, and then it does not run.
+# Exit status 3: no Python 3.12 on this machine (CI reports the stack as not run, not failed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv-gpu-stack}
 
-find_python312() {
+candidates_312() {
   if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
-  if command -v python3.12 >/dev/null; then command -v python3.12; return; fi
+  command -v python3.12 || true
   local root
-  root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
-  printf "%s\n" "$root"/versions/3.12.*/bin/python3.12 | sort -V | tail -n 1
+  for root in "${PYENV_ROOT:-}" "$(pyenv root 2>/dev/null || true)" "$HOME/.pyenv" /root/.pyenv; do
+    [ -d "$root/versions" ] || continue
+    ls -d "$root"/versions/3.12.*/bin/python3.12 2>/dev/null | sort -rV
+  done
 }
-PY=$(find_python312)
-if [ -z "$PY" ] || ! "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+PY=""
+while read -r candidate; do
+  if [ -n "$candidate" ] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+    PY=$candidate; break
+  fi
+done < <(candidates_312)
+if [ -z "$PY" ]; then
   echo "install_gpu_stack.sh: no Python 3.12 found (set PYTHON=/path/to/python3.12)" >&2
-  exit 1
+  exit 3
 fi
+echo "install_gpu_stack.sh: Python 3.12 at $PY"
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
