@@ -17,8 +17,9 @@ import torch
 
 import sharpattn
 from sharpattn.reid.config import load_config
-from sharpattn.reid.diagnostics import gradient_statistics
-from sharpattn.reid.engine import Trainer, compute_loss
+from sharpattn.reid.engine.diagnostics import gradient_statistics
+from sharpattn.reid.engine import Trainer
+from sharpattn.reid.recipes import compute_loss
 
 PARTS = ("conv1", "layer1", "layer2", "layer3", "layer4", "head")
 

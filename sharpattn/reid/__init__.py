@@ -1,5 +1,10 @@
-"""Reference re-ID package: datasets, identity sampling, transforms, evaluation, and the SAN
-training engine with its command lines (``sharpattn-train``, ``sharpattn-eval``).
+"""Reference re-ID package: datasets, identity sampling, transforms, evaluation, and a training
+loop shared by recipes (SAN, AAA-Net) with its command lines (``sharpattn-train``, ``sharpattn-eval``).
+
+Layout: ``data/`` (datasets by name, batches, transforms, loaders), ``engine/`` (the loop,
+checkpoints, stages, torchrun), ``recipes/`` (one file per method), ``evaluation/`` (features,
+protocols, learned metrics), ``report/`` (logs, pictures, report.md); ``metrics/`` holds the
+protocol math and ``datasets/`` the dataset readers.
 
 The data and evaluation half is independent of the sharpattn kernels: it needs torch,
 torchvision, numpy, Pillow and tqdm (plus h5py and scipy to read CUHK03's .mat files). The
@@ -10,19 +15,17 @@ engine adds pyyaml, matplotlib and (optionally) tensorboard, and builds models t
 from . import datasets, metrics
 from .datasets import (CUHK03, MSMT17, DukeMTMCreID, ImageDataset, ImageFolderReID, Market1501,
                        make_synthetic)
-from .features import extract_features
 from .metrics import (KISSME, XQDA, Euclidean, build_metric, compute_distance_matrix,
                       evaluate_cuhk03_classic, evaluate_rank, metric_from_state_dict, re_ranking)
-from .sampler import IdentityBatchSampler
-from .transforms import build_test_transform, build_train_transform
-from .visualize import plot_ranked_lists
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data import IdentityBatchSampler, build_test_transform, build_train_transform, register_dataset
 from .config import Config, ConfigError, load_config
-from .engine import Trainer, TrainingInterrupted, compute_loss, evaluate, train
+from .engine import CheckpointError, Trainer, TrainingInterrupted, load_checkpoint, save_checkpoint, train
+from .engine.schedule import LRSchedule, StepSchedule, temperature_schedule
+from .evaluation import evaluate, extract_features
 from .losses import all_gather_with_grad, batch_hard_triplet_loss
 from .modeling import build_model, register_model
-from .plots import plot_attention_masks, plot_training_curves
-from .schedule import LRSchedule, temperature_schedule
+from .recipes import Recipe, compute_loss, register_recipe
+from .report import plot_attention_masks, plot_ranked_lists, plot_training_curves
 
 __all__ = ["CUHK03", "CheckpointError", "Config", "ConfigError", "DukeMTMCreID", "IdentityBatchSampler",
            "ImageDataset", "ImageFolderReID", "LRSchedule", "MSMT17", "Market1501", "Trainer",
@@ -32,4 +35,5 @@ __all__ = ["CUHK03", "CheckpointError", "Config", "ConfigError", "DukeMTMCreID",
            "load_checkpoint", "load_config", "make_synthetic", "metrics", "plot_attention_masks",
            "plot_ranked_lists", "plot_training_curves", "re_ranking", "register_model",
            "save_checkpoint", "temperature_schedule", "train"]
+__all__ += ["Recipe", "StepSchedule", "register_dataset", "register_recipe"]
 __all__ += ["Euclidean", "KISSME", "XQDA", "build_metric", "metric_from_state_dict"]  # learned metrics

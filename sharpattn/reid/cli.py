@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .engine.checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, apply_overrides, available_configs, config_from_dict, load_config
 from .datasets import DatasetFormatError, DatasetNotFoundError
 
@@ -77,7 +77,7 @@ def _shortcuts(args):
 
 
 def _print_table(results, out_root=None):
-    from .engine import format_metrics_table
+    from .report import format_metrics_table
     print()
     print(format_metrics_table([(r["name"], r["metrics"]) for r in results]))
     for r in results:
@@ -142,7 +142,7 @@ def run_training(args):
         print(f"total time {(time.time() - t0) / 60:.1f} min")
         if out_root is not None:
             (out_root / "results.md").write_text(
-                __import__("sharpattn.reid.engine", fromlist=["_"]).format_metrics_table(
+                __import__("sharpattn.reid.report", fromlist=["_"]).format_metrics_table(
                     [(r["name"], r["metrics"]) for r in results]) + "\n")
     return 0
 
@@ -155,9 +155,12 @@ def _is_main():
 def run_eval(args):
     import torch
 
-    from .checkpoint import check_model_spec, load_model_state
-    from .engine import build_dataset, evaluate, resolve_device, write_pictures
-    from .metric_eval import (evaluate_metrics, file_digest, metrics_table, resolve_metric_names,
+    from .engine.checkpoint import check_model_spec, load_model_state
+    from .data import build_dataset
+    from .engine import resolve_device
+    from .evaluation import evaluate
+    from .report import write_pictures
+    from .evaluation.metric_eval import (evaluate_metrics, file_digest, metrics_table, resolve_metric_names,
                               uses_learned_metrics)
     from .modeling import build_model, model_spec
 

@@ -19,13 +19,11 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "CONFIG_DIR", "available_configs", "load_config", "apply_overrides",
+__all__ = ["Config", "ConfigError", "CONFIG_DIR", "register_section", "available_configs", "load_config", "apply_overrides",
            "config_from_dict", "config_to_dict", "resolve_config_path"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-DATASETS = ("synthetic", "market1501", "dukemtmcreid", "cuhk03_labeled", "cuhk03_detected",
-            "msmt17", "folder")
 AMP_MODES = ("none", "bf16", "fp16")
 
 
@@ -88,6 +86,11 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "adam"               # adam (SAN) or sgd (AAA-Net, with momentum)
+    momentum: float = 0.9            # sgd only
+    schedule: str = "hermans"        # hermans (SAN: constant, then exponential decay) or step
+    step_size: int = 2               # step schedule: lr * gamma every step_size epochs
+    gamma: float = 0.1
     lr: float = 2e-4
     weight_decay: float = 5e-4
     epochs: int = 150
@@ -129,10 +132,25 @@ class EvalConfig:
     mask_images: int = 2             # images (column groups) in the attention-mask picture
 
 
+#: a recipe's own config section: top-level key -> dataclass (see register_section)
+SECTIONS = {}
+
+
+def register_section(key, cls):
+    """Let configs hold a top-level section ``key`` parsed into dataclass ``cls`` (a recipe's own
+    options); read it with ``cfg.section(key)``."""
+    SECTIONS[key] = cls
+    return cls
+
+
 @dataclass
 class Config:
     name: str = "run"
     output_dir: str = "runs"         # runs go to <output_dir>/<name>
+    recipe: str = "san"              # a name registered in sharpattn.reid.recipes.RECIPES
+    # Several stages: a list of mappings {name: ..., <section>: {...}}, each overriding this
+    # config for one stage; stage i starts from stage i-1's weights (engine/stages.py).
+    stages: list = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -140,13 +158,49 @@ class Config:
     tau: TauConfig = field(default_factory=TauConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # recipe sections that were set or read, by key (not a config key itself)
+    sections: dict = field(default_factory=dict, repr=False)
+    stage_name: typing.Optional[str] = field(default=None, repr=False)
+
+    def section(self, key):
+        """The recipe section ``key`` (its defaults when the config does not set it)."""
+        if key not in SECTIONS:
+            raise ConfigError(f"no config section {key!r} is registered; known: {', '.join(sorted(SECTIONS))}")
+        if key not in self.sections:
+            self.sections[key] = SECTIONS[key]()
+        return self.sections[key]
+
+    def stage_configs(self):
+        """One validated config per entry of ``stages`` (this config with the stage's sections)."""
+        base = config_to_dict(self)
+        base.pop("stages")
+        out = []
+        for i, stage in enumerate(self.stages):
+            if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
+                raise ConfigError(f"config key 'stages[{i}]': each stage is a mapping with a 'name', got {stage!r}")
+            overrides = {k: v for k, v in stage.items() if k != "name"}
+            cfg = config_from_dict(_deep_merge(_copy(base), overrides), origin=f"stage {stage['name']!r}")
+            cfg.stage_name = stage["name"]
+            cfg.name = f"{self.name}/{stage['name']}"
+            out.append(cfg.validate())
+        return out
 
     def validate(self):
         """Check values that a type alone does not constrain; raises :class:`ConfigError`."""
         def bad(key, msg):
             raise ConfigError(f"config key '{key}': {msg}")
+        from .data import DATASETS
+        from .recipes import RECIPES
+        if self.recipe not in RECIPES:
+            bad("recipe", f"unknown recipe {self.recipe!r}; choose one of {', '.join(sorted(RECIPES))}")
         if self.data.name not in DATASETS:
-            bad("data.name", f"unknown dataset {self.data.name!r}; choose one of {', '.join(DATASETS)}")
+            bad("data.name", f"unknown dataset {self.data.name!r}; choose one of {', '.join(sorted(DATASETS))}")
+        if self.optim.name not in ("adam", "sgd"):
+            bad("optim.name", f"must be adam or sgd, got {self.optim.name!r}")
+        if self.optim.schedule not in ("hermans", "step"):
+            bad("optim.schedule", f"must be hermans or step, got {self.optim.schedule!r}")
+        if self.optim.step_size < 1 or not 0 < self.optim.gamma <= 1:
+            bad("optim.step_size", "step_size must be >= 1 and gamma in (0, 1]")
         if self.data.cuhk03_protocol not in ("classic", "new"):
             bad("data.cuhk03_protocol", f"must be 'classic' or 'new', got {self.data.cuhk03_protocol!r}")
         if self.train.amp not in AMP_MODES:
@@ -235,7 +289,9 @@ def _coerce(value, typ, key, origin):
 
 
 def _unknown(key, cls, prefix):
-    names = list(_fields(cls))
+    names = [n for n in _fields(cls) if n not in ("sections", "stage_name")]
+    if cls is Config:
+        names += sorted(SECTIONS)
     close = difflib.get_close_matches(key.split(".")[-1], names, n=1)
     hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
     section = f"'{prefix[:-1]}'" if prefix else "the top level"
@@ -250,6 +306,11 @@ def _update(obj, mapping, prefix="", origin=None):
     fields = _fields(type(obj))
     for k, v in mapping.items():
         key = f"{prefix}{k}"
+        if isinstance(obj, Config) and k in SECTIONS:
+            _update(obj.section(k), v, f"{key}.", origin)
+            continue
+        if k in ("sections", "stage_name") and isinstance(obj, Config):
+            raise ConfigError(_unknown(key, type(obj), prefix))
         if k not in fields:
             where = f" in {origin}" if origin else ""
             raise ConfigError(_unknown(key, type(obj), prefix) + where)
@@ -267,8 +328,18 @@ def config_from_dict(d, origin=None):
 
 
 def config_to_dict(cfg):
-    """Plain nested dict (lists, not tuples): what checkpoints and ``config.yaml`` store."""
-    return dataclasses.asdict(cfg)
+    """Plain nested dict (lists, not tuples): what checkpoints and ``config.yaml`` store; recipe
+    sections appear as top-level sections."""
+    d = dataclasses.asdict(cfg)
+    sections = d.pop("sections")
+    d.pop("stage_name")
+    d.update(sections)
+    return d
+
+
+def _copy(d):
+    import copy
+    return copy.deepcopy(d)
 
 
 def available_configs():

@@ -26,13 +26,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, load_model_state
+from .engine.checkpoint import load_checkpoint, load_model_state
 from .config import config_from_dict
 from .datasets.base import IMAGE_EXTENSIONS
 from .datasets.image_dataset import read_image
 from .metrics import compute_distance_matrix
 from .modeling import build_model
-from .transforms import build_test_transform
+from .data.transforms import build_test_transform
 
 __all__ = ["Embedded", "embed_folder", "list_images", "load_inference_model", "rank",
            "write_features", "write_ranking_csv"]

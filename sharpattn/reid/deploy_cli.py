@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import CheckpointError
+from .engine.checkpoint import CheckpointError
 
 __all__ = ["embed_main", "export_main", "search_main"]
 
@@ -170,7 +170,7 @@ def _search_parser():
 def run_search(args):
     from .deploy import rank, write_ranking_csv
     from .metrics import re_ranking
-    from .visualize import plot_ranked_lists
+    from .report.visualize import plot_ranked_lists
 
     if args.topk < 1:
         raise ValueError(f"--topk must be >= 1, got {args.topk}")

@@ -101,7 +101,7 @@ def all_gather_with_grad(tensor, group=None):
 
     Under DistributedDataParallel, which averages gradients over processes, a loss computed on
     the gathered batch must be multiplied by the world size before ``backward`` to get the
-    gradient of that loss (see :func:`sharpattn.reid.engine.compute_loss`).
+    gradient of that loss (see :func:`sharpattn.reid.recipes.san.compute_loss`).
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
         return tensor

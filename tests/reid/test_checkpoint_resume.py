@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from sharpattn.reid.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sharpattn.reid.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sharpattn.reid.engine import Trainer, TrainingInterrupted, train
 
 

@@ -46,9 +46,9 @@ def _loss_worker(rank, world, init_file, out_dir):
     try:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        from sharpattn.reid.engine import compute_loss
+        from sharpattn.reid.recipes import compute_loss
         from sharpattn.reid.modeling import build_model, model_spec
-        from sharpattn.reid.optim import clip_gradients
+        from sharpattn.reid.engine.optim import clip_gradients
         cfg = _tiny_cfg(["model.arch=tiny_nobn"])
         torch.manual_seed(0)
         raw = build_model(model_spec(cfg.model))
@@ -72,7 +72,7 @@ def test_ddp_loss_and_gradients_match_one_process_on_the_whole_batch(tmp_path):
     mp.spawn(_loss_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2,
              join=True)
     sys.path.insert(0, str(HERE))
-    from sharpattn.reid.engine import compute_loss
+    from sharpattn.reid.recipes import compute_loss
     from sharpattn.reid.modeling import build_model, model_spec
     cfg = _tiny_cfg(["model.arch=tiny_nobn"])
     torch.manual_seed(0)
@@ -87,7 +87,7 @@ def test_ddp_loss_and_gradients_match_one_process_on_the_whole_batch(tmp_path):
         assert r["stats"]["loss"] == pytest.approx(st["loss"], rel=1e-4)
         for n, p in model.named_parameters():  # DDP's averaged gradient is the whole batch's
             torch.testing.assert_close(r["grads"][n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
-    from sharpattn.reid.optim import clip_gradients
+    from sharpattn.reid.engine.optim import clip_gradients
     norm, clipped = clip_gradients(model.parameters(), CLIP)
     assert clipped
     for rank in range(2):
@@ -123,7 +123,7 @@ def test_ddp_training_run(tmp_path, data_root):
 
 def test_nccl_setup_selects_each_process_gpu_and_a_long_timeout(monkeypatch):
     # No GPU here: the CUDA and NCCL calls are recorded, not made.
-    from sharpattn.reid import engine
+    from sharpattn.reid.engine import distributed as engine
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -141,5 +141,5 @@ def test_nccl_setup_selects_each_process_gpu_and_a_long_timeout(monkeypatch):
     monkeypatch.setattr(dist, "get_backend", lambda: "nccl")
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     monkeypatch.setattr(dist, "barrier", lambda **kw: calls.append(("barrier", kw)))
-    engine._barrier()
+    engine.barrier()
     assert calls == [("barrier", {"device_ids": [1]})]

@@ -12,10 +12,11 @@ from torch.utils.data import DataLoader
 from sharpattn.reid.datasets import ImageDataset
 from sharpattn.reid.deploy import load_inference_model
 from sharpattn.reid.deploy_cli import embed_main, export_main, search_main
-from sharpattn.reid.engine import build_dataset, evaluate, synthetic_root
-from sharpattn.reid.features import extract_features
-from sharpattn.reid.transforms import build_test_transform
-from sharpattn.reid.visualize import COLOURS, HEADER, plot_ranked_lists, ranked_list
+from sharpattn.reid.data import build_dataset, synthetic_root
+from sharpattn.reid.evaluation import evaluate
+from sharpattn.reid.evaluation.features import extract_features
+from sharpattn.reid.data.transforms import build_test_transform
+from sharpattn.reid.report.visualize import COLOURS, HEADER, plot_ranked_lists, ranked_list
 from test_cli import trained_run  # noqa: F401  (the 1-epoch tiny SAN run of the CLI tests)
 from test_visualize import frame_colours_along, legend_swatches
 

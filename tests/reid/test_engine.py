@@ -5,7 +5,8 @@ import torch
 
 import sharpattn
 from sharpattn.reid.config import load_config
-from sharpattn.reid.engine import compute_loss, train
+from sharpattn.reid.engine import train
+from sharpattn.reid.recipes import compute_loss
 from sharpattn.reid.losses import batch_hard_triplet_loss
 from sharpattn.reid.modeling import build_model, model_spec
 

@@ -10,7 +10,7 @@ from sharpattn.reid import metric_from_state_dict
 from sharpattn.reid.cli import eval_main, train_main
 from sharpattn.reid.config import ConfigError
 from sharpattn.reid.engine import train
-from sharpattn.reid.metric_eval import resolve_metric_names
+from sharpattn.reid.evaluation.metric_eval import resolve_metric_names
 
 from conftest import TINY
 

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 import sharpattn
-from sharpattn.reid.plots import _masks_of, _varied_channels, plot_attention_masks, plot_training_curves
+from sharpattn.reid.report.plots import _masks_of, _varied_channels, plot_attention_masks, plot_training_curves
 
 from _tiny import TinyEmbedNet
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sharpattn.reid.sampler import IdentityBatchSampler
+from sharpattn.reid.data.sampler import IdentityBatchSampler
 
 
 def make_items():

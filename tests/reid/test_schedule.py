@@ -3,7 +3,7 @@ import math
 import pytest
 
 from sharpattn.reid.engine import train
-from sharpattn.reid.schedule import LRSchedule, temperature_schedule
+from sharpattn.reid.engine.schedule import LRSchedule, temperature_schedule
 
 
 def test_lr_schedule_of_the_recipe():

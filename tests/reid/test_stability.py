@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import sharpattn
-from sharpattn.reid.diagnostics import EpochDiagnostics, gradient_statistics, mask_statistics
+from sharpattn.reid.engine.diagnostics import EpochDiagnostics, gradient_statistics, mask_statistics
 from sharpattn.reid.engine import train
-from sharpattn.reid.optim import backward_and_step, clip_gradients
+from sharpattn.reid.engine.optim import backward_and_step, clip_gradients
 
 
 def _toy():

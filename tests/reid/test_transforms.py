@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sharpattn.reid.features import extract_features
-from sharpattn.reid.transforms import (IMAGENET_MEAN, IMAGENET_STD, RandomAreaAspectCrop,
+from sharpattn.reid.evaluation.features import extract_features
+from sharpattn.reid.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, RandomAreaAspectCrop,
                                        build_test_transform, build_train_transform)
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sharpattn.reid.visualize import COLOURS, HEADER, plot_ranked_lists
+from sharpattn.reid.report.visualize import COLOURS, HEADER, plot_ranked_lists
 
 
 def frame_colours_along(img, y):

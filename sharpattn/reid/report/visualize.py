@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .datasets.image_dataset import read_image
-from .metrics.rank import JUNK_PID
+from ..datasets.image_dataset import read_image
+from ..metrics.rank import JUNK_PID
 
 __all__ = ["ranked_list", "plot_ranked_lists", "COLOURS"]
 

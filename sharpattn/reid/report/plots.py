@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from sharpattn import recording_masks
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["plot_training_curves", "plot_attention_masks"]
 
@@ -34,6 +34,13 @@ def _save(fig, out_path, tight=True):
     return out_path
 
 
+#: loss parts a recipe may record, drawn beside the total
+LOSS_PARTS = {"triplet": "triplet", "tv_weighted": "mu * TV", "ce": "cross-entropy",
+              "attention": "attention (eq. 1)", "adversarial": "adversarial (eq. 4)"}
+#: a training-batch quality in [0, 1], the first one recorded is drawn
+BATCH_QUALITY = {"precision": "triplet precision: d(a,n) > d(a,p)", "accuracy": "training accuracy"}
+
+
 def plot_training_curves(history, out_path, title=None):
     """Loss (triplet, mu * TV, total), triplet precision, lr and tau, rank-1 and mAP per epoch.
 
@@ -46,16 +53,18 @@ def plot_training_curves(history, out_path, title=None):
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     ax = axes[0]
     ax.plot(ep, [h["loss"] for h in history], label="total")
-    ax.plot(ep, [h["triplet"] for h in history], label="triplet")
-    if any(h.get("tv_weighted", 0) for h in history):
-        ax.plot(ep, [h.get("tv_weighted", 0) for h in history], label="mu * TV")
+    for key, label in LOSS_PARTS.items():  # the parts the recipe recorded
+        if any(h.get(key, 0) for h in history):
+            ax.plot(ep, [h.get(key, 0) for h in history], label=label)
     ax.set_title("training loss (epoch mean)")
     ax.set_xlabel("epoch")
     ax.legend()
     ax = axes[1]
-    ax.plot(ep, [h["precision"] for h in history], color="tab:purple")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("triplet precision: d(a,n) > d(a,p)")
+    key = next((k for k in BATCH_QUALITY if all(k in h for h in history)), None)
+    if key is not None:
+        ax.plot(ep, [h[key] for h in history], color="tab:purple")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(BATCH_QUALITY[key])
     ax.set_xlabel("epoch")
     ax = axes[2]
     ax.plot(ep, [h["lr"] for h in history], color="tab:red", label="lr")

@@ -1,4 +1,4 @@
-"""Per-epoch schedules of the SAN recipe: the learning rate and the Gumbel-Softmax temperature.
+"""Per-epoch schedules: the learning rate (SAN's and a step decay) and the Gumbel-Softmax temperature.
 
 Learning rate (SAN IV-B follows Hermans et al. 2017): constant ``lr`` for epochs
 ``0 .. decay_start``, then ``lr * final_factor ** ((epoch - decay_start) / (epochs - decay_start))``,
@@ -12,7 +12,7 @@ alpha = 0.008 (reached at epoch 87): :func:`temperature_schedule` builds
 
 from __future__ import annotations
 
-__all__ = ["LRSchedule", "temperature_schedule"]
+__all__ = ["LRSchedule", "StepSchedule", "lr_schedule", "temperature_schedule"]
 
 
 class LRSchedule:
@@ -45,3 +45,27 @@ def temperature_schedule(tau0=1.0, alpha=0.008, tau_min=0.5):
     from sharpattn import TemperatureSchedule
 
     return TemperatureSchedule(tau0=tau0, alpha=alpha, tau_min=tau_min)
+
+
+class StepSchedule:
+    """``StepSchedule(lr, step_size, gamma)(epoch)`` -> ``lr * gamma ** (epoch // step_size)``
+    (AAA-Net: 1e-3 x0.1 every 2 epochs, then 1e-4 x0.1 every 3)."""
+
+    def __init__(self, lr, step_size, gamma=0.1):
+        if lr <= 0 or step_size < 1 or not 0 < gamma <= 1:
+            raise ValueError(f"StepSchedule needs lr > 0, step_size >= 1, 0 < gamma <= 1; got "
+                             f"{lr}, {step_size}, {gamma}")
+        self.lr, self.step_size, self.gamma = lr, step_size, gamma
+
+    def __call__(self, epoch):
+        return self.lr * self.gamma ** (epoch // self.step_size)
+
+    def __repr__(self):
+        return f"StepSchedule(lr={self.lr}, step_size={self.step_size}, gamma={self.gamma})"
+
+
+def lr_schedule(optim_cfg):
+    """The config's ``optim.schedule``: "hermans" (:class:`LRSchedule`) or "step"."""
+    if optim_cfg.schedule == "step":
+        return StepSchedule(optim_cfg.lr, optim_cfg.step_size, optim_cfg.gamma)
+    return LRSchedule(optim_cfg.lr, optim_cfg.epochs, optim_cfg.decay_start, optim_cfg.final_lr_factor)

@@ -24,9 +24,11 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError
+from ..config import ConfigError
+from ..data import eval_loader
+from ..metrics.learned import LEARNED_METRICS, build_metric
+from .evaluate import evaluate, extract_query_gallery
 from .features import extract_features
-from .metrics.learned import LEARNED_METRICS, build_metric
 
 __all__ = ["METRIC_NAMES", "resolve_metric_names", "uses_learned_metrics", "evaluate_metrics",
            "train_features", "file_digest", "metrics_table"]
@@ -78,8 +80,6 @@ def train_features(model, dataset, cfg, device, ten_crop, progress=True, amp_ctx
     ``cache_dir/eval_cache/train-<key>.pt``; a file for other weights, data or transform is
     never used.
     """
-    from .engine import _test_loader
-
     fp = path = None
     if cache_dir is not None and model_digest is not None:
         fp = _fingerprint(cfg, dataset, ten_crop, model_digest)
@@ -91,7 +91,7 @@ def train_features(model, dataset, cfg, device, ten_crop, progress=True, amp_ctx
                 log(f"training-split features from the cache {path}")
                 return cached["features"].to(device), cached["pids"], cached["camids"]
     with amp_ctx if amp_ctx is not None else nullcontext():
-        feats, pids, camids = extract_features(model, _test_loader(dataset.train, cfg, ten_crop), device, progress)
+        feats, pids, camids = extract_features(model, eval_loader(dataset.train, cfg, ten_crop), device, progress)
     feats = feats.float()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,16 +104,13 @@ def train_features(model, dataset, cfg, device, ten_crop, progress=True, amp_ctx
 def evaluate_metrics(model, dataset, cfg, device, names, progress=True, ten_crop=None, rerank=None,
                      amp_ctx=None, cache_dir=None, model_digest=None, save_dir=None, log=print):
     """Evaluate with each metric in ``names``; returns ``(metrics, distmat)`` like
-    :func:`sharpattn.reid.engine.evaluate` (for ``eval.metric``), with ``metrics["by_metric"]``
+    :func:`sharpattn.reid.evaluation.evaluate` (for ``eval.metric``), with ``metrics["by_metric"]``
     holding one entry per name (rank-1/5/10, mAP, mINP, CMC, fit time, what the fit found)."""
-    from .engine import _test_loader, evaluate
 
     names = resolve_metric_names(names)
     ten_crop = cfg.eval.ten_crop if ten_crop is None else ten_crop
     rerank = cfg.eval.rerank if rerank is None else rerank
-    with amp_ctx if amp_ctx is not None else nullcontext():
-        features = tuple(extract_features(model, _test_loader(items, cfg, ten_crop), device, progress)
-                         for items in (dataset.query, dataset.gallery))
+    features = extract_query_gallery(model, dataset, cfg, device, progress, ten_crop, amp_ctx)
     common = dict(progress=progress, ten_crop=ten_crop, rerank=rerank, features=features)
     primary, distmat = evaluate(model, dataset, cfg, device, **common)
     train = None
@@ -147,7 +144,7 @@ def evaluate_metrics(model, dataset, cfg, device, names, progress=True, ten_crop
 
 def metrics_table(name, metrics):
     """Markdown table: one row per metric when ``metrics`` has ``by_metric``, else one row."""
-    from .engine import format_metrics_table
+    from ..report.summary import format_metrics_table
     rows = metrics.get("by_metric") if metrics else None
     if not rows:
         return format_metrics_table([(name, metrics)])

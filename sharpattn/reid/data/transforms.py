@@ -94,7 +94,7 @@ def build_test_transform(height=256, width=128, ten_crop=True, scale=8 / 7, mean
     """Test transform. With ``ten_crop`` (SAN: "standard 10-crop testing"): resize to ``scale``
     times the input size (8/7, the 256 -> 224 ratio of the classic ImageNet 10-crop), then the
     four corner crops, the centre crop and the horizontal flips of all five, as a
-    ``(10, C, height, width)`` tensor; :func:`sharpattn.reid.features.extract_features` averages
+    ``(10, C, height, width)`` tensor; :func:`sharpattn.reid.evaluation.features.extract_features` averages
     their embeddings. Without it: resize to ``height x width``, one ``(C, H, W)`` tensor.
     """
     if not ten_crop:

@@ -1,0 +1,8 @@
+"""Training recipes: one file per published method over the shared loop (see ``base.py``)."""
+
+from .base import Recipe, build_optimizer
+from .registry import RECIPES, get_recipe, register_recipe
+from .san import SANRecipe, compute_loss
+
+__all__ = ["RECIPES", "Recipe", "SANRecipe", "build_optimizer", "compute_loss", "get_recipe",
+           "register_recipe"]
