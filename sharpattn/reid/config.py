@@ -212,7 +212,7 @@ class Config:
                 bad(key, f"must be >= 1, got {getattr(getattr(self, sec), k)}")
         if self.data.num_identities < 2:
             bad("data.num_identities", "a triplet batch needs at least 2 identities")
-        if not 0 <= self.optim.decay_start <= self.optim.epochs:
+        if self.optim.schedule == "hermans" and not 0 <= self.optim.decay_start <= self.optim.epochs:
             bad("optim.decay_start", f"must be in 0..optim.epochs ({self.optim.epochs}), got {self.optim.decay_start}")
         if self.optim.lr <= 0:
             bad("optim.lr", f"must be > 0, got {self.optim.lr}")

@@ -31,6 +31,7 @@ TINY = ["model.arch=tiny", "model.blocks=[1]", "model.context=[]", "model.embedd
 
 @pytest.fixture
 def tiny_config(data_root):
-    def make(*overrides):
-        return load_config(None, TINY + [f"data.root={data_root}"] + list(overrides))
+    def make(*overrides, config=None):
+        """``config``: a YAML file whose sections the tiny settings then override."""
+        return load_config(config, TINY + [f"data.root={data_root}"] + list(overrides))
     return make
