@@ -88,9 +88,14 @@ def _print_table(results, out_root=None):
 
 def run_training(args):
     from .engine import TrainingInterrupted, train
+    from .engine.stages import STAGED_CONFIG, is_staged_run
 
     overrides = _shortcuts(args)
-    if args.resume:
+    if args.resume and is_staged_run(args.resume):  # a run of several stages: its folder
+        cfg = load_config(args.config[0] if args.config else Path(args.resume) / STAGED_CONFIG, overrides)
+        jobs = [(cfg, Path(args.resume), Path(args.resume))]
+        out_root = None
+    elif args.resume:
         if args.config and len(args.config) > 1:
             raise ConfigError("--resume continues one run: give at most one --config")
         ckpt = load_checkpoint(args.resume)
@@ -122,7 +127,7 @@ def run_training(args):
                     c.name = f"{c.name}-{seen[c.name]}"
             jobs = [(c, out_root / c.name, None) for c in cfgs]
         for _, d, _ in jobs:
-            if (d / "last.pt").exists():
+            if (d / "last.pt").exists() or is_staged_run(d):
                 raise FileExistsError(f"{d} already holds a run (last.pt); continue it with --resume {d} "
                                       f"or choose another --output")
     if not args.config and not args.resume:

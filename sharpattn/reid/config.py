@@ -306,6 +306,8 @@ def _update(obj, mapping, prefix="", origin=None):
     fields = _fields(type(obj))
     for k, v in mapping.items():
         key = f"{prefix}{k}"
+        if isinstance(obj, Config) and k not in fields:
+            from . import recipes  # noqa: F401  (registers the packaged recipes' sections)
         if isinstance(obj, Config) and k in SECTIONS:
             _update(obj.section(k), v, f"{key}.", origin)
             continue

@@ -11,9 +11,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import config_to_dict
 from .checkpoint import load_checkpoint
 
-__all__ = ["stage_dirs", "train_stages"]
+__all__ = ["STAGED_CONFIG", "is_staged_run", "stage_dirs", "train_stages"]
+
+#: the whole config of a run of several stages, in its folder
+STAGED_CONFIG = "stages.yaml"
+
+
+def is_staged_run(path):
+    """True for the folder of a run of several stages."""
+    return Path(path).is_dir() and (Path(path) / STAGED_CONFIG).is_file()
 
 
 def stage_dirs(cfg, out_dir):
@@ -34,6 +43,12 @@ def train_stages(cfg, out_dir, resume=None, log=print, **kwargs):
         resume_root = resume_root.parent.parent if resume_root.is_file() else resume_root
         if resume_root.resolve() != Path(out_dir).resolve():
             out_dir = resume_root
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / STAGED_CONFIG).exists():  # what --resume <run> reads back
+        import yaml
+        with open(root / STAGED_CONFIG, "w") as f:
+            yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
     summaries, previous = [], None
     for stage_cfg, folder in stage_dirs(cfg, out_dir):
         from .trainer import Trainer
@@ -45,4 +60,4 @@ def train_stages(cfg, out_dir, resume=None, log=print, **kwargs):
                           init_from=None if started else previous, **kwargs)
         summaries.append(trainer.fit())
         previous = load_checkpoint(last)
-    return {**summaries[-1], "stages": summaries, "out_dir": str(out_dir)}
+    return {**summaries[-1], "name": cfg.name, "stages": summaries, "out_dir": str(out_dir)}
