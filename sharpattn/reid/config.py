@@ -57,6 +57,7 @@ class DataConfig:
     width: int = 128
     num_identities: int = 64         # P identities per batch (per process under DDP)
     num_instances: int = 4           # K images per identity
+    random_erasing: float = 0.0      # probability of random erasing per training image (AAA-Net Table 5)
     workers: int = 4                 # DataLoader worker processes
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -195,6 +196,8 @@ class Config:
             bad("recipe", f"unknown recipe {self.recipe!r}; choose one of {', '.join(sorted(RECIPES))}")
         if self.data.name not in DATASETS:
             bad("data.name", f"unknown dataset {self.data.name!r}; choose one of {', '.join(sorted(DATASETS))}")
+        if not 0 <= self.data.random_erasing <= 1:
+            bad("data.random_erasing", f"must be a probability in [0, 1], got {self.data.random_erasing}")
         if self.optim.name not in ("adam", "sgd"):
             bad("optim.name", f"must be adam or sgd, got {self.optim.name!r}")
         if self.optim.schedule not in ("hermans", "step"):

@@ -21,9 +21,20 @@ def _san_resnet50(**kwargs):
     return san_resnet50(**kwargs)
 
 
-#: arch name -> callable(**model kwargs) -> nn.Module. The kwargs are the ``model`` config
-#: section without ``arch``: blocks, context, residual, tv, mask, embedding_dim, weights.
-MODELS = {"san_resnet50": _san_resnet50}
+def _aaanet_resnet50(weights=None, **kwargs):
+    from sharpattn.models import AAANetResNet50, load_imagenet_weights
+
+    kwargs["grid"] = tuple(kwargs["grid"])
+    model = AAANetResNet50(**kwargs)
+    if weights:
+        load_imagenet_weights(model, weights)
+    return model
+
+
+#: arch name -> callable(**model kwargs) -> nn.Module. For san_resnet50 the kwargs are the
+#: ``model`` config section without ``arch`` (blocks, context, residual, tv, mask, embedding_dim,
+#: weights); other recipes build theirs (recipes/aaanet.py: num_classes, occlusion_after, ...).
+MODELS = {"san_resnet50": _san_resnet50, "aaanet_resnet50": _aaanet_resnet50}
 
 
 def register_model(name, builder):

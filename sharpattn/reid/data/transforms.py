@@ -62,20 +62,20 @@ class RandomAreaAspectCrop:
 
 
 def build_train_transform(height=256, width=128, area=(0.64, 1.0), aspect=(2.0, 3.0), flip_p=0.5,
-                          mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Random area/aspect crop, resize to ``height x width``, horizontal flip, tensor, normalise.
+                          mean=IMAGENET_MEAN, std=IMAGENET_STD, erasing_p=0.0):
+    """Random area/aspect crop, resize to ``height x width``, horizontal flip, tensor, normalise;
+    with ``erasing_p`` > 0, random erasing (Zhong et al. 2020) of a rectangle with zeros, the
+    baseline that AAA-Net's Table 5 compares against.
 
     The paper says "per-pixel mean subtraction"; we also divide by the ImageNet std because
     torchvision's ImageNet-pretrained backbones expect it. Pass ``std=(1, 1, 1)`` for mean
     subtraction alone.
     """
-    return T.Compose([
-        RandomAreaAspectCrop(area, aspect),
-        T.Resize((height, width)),
-        T.RandomHorizontalFlip(flip_p),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    steps = [RandomAreaAspectCrop(area, aspect), T.Resize((height, width)), T.RandomHorizontalFlip(flip_p),
+             T.ToTensor(), T.Normalize(mean, std)]
+    if erasing_p > 0:
+        steps.append(T.RandomErasing(p=erasing_p, value=0))
+    return T.Compose(steps)
 
 
 class _StackCrops:

@@ -74,10 +74,8 @@ class Trainer(TrainState):
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.recipe = get_recipe(cfg.recipe)(cfg, self.device, self.world)
-        self.spec = self.recipe.model_spec()
         self.resume_ckpt = load_checkpoint(resume) if resume else None
-        if self.resume_ckpt is not None:
-            check_model_spec(self.resume_ckpt, self.spec)
+        self.spec = self.resume_ckpt["model_spec"] if self.resume_ckpt is not None else None
 
     def log(self, *a):
         if self.main:
@@ -92,8 +90,12 @@ class Trainer(TrainState):
         if cfg.data.num_identities > self.dataset.num_train_pids:
             raise ValueError(f"data.num_identities={cfg.data.num_identities} but {self.dataset.name} has only "
                              f"{self.dataset.num_train_pids} training identities")
+        self.spec = self.recipe.model_spec(self.dataset)  # a classifier's size is the dataset's
+        if self.resume_ckpt is not None:
+            check_model_spec(self.resume_ckpt, self.spec)
         self.sampler = self.recipe.build_sampler(self.dataset)
-        self.train_set = SeededImages(self.dataset.train, build_train_transform(cfg.data.height, cfg.data.width))
+        self.train_set = SeededImages(self.dataset.train, build_train_transform(
+            cfg.data.height, cfg.data.width, erasing_p=cfg.data.random_erasing))
         self.raw_model = self.recipe.build_model(self.spec).to(self.device)
         if self.init_from is not None and self.resume_ckpt is None:
             self.recipe.start_from(self.raw_model, self.init_from)
@@ -218,6 +220,7 @@ class Trainer(TrainState):
         probe = self.main and every > 0 and self.global_step % every == 0
         with probing(self.raw_model, probe) as recorded:
             with self._amp_ctx():
+                self.recipe.global_step = self.global_step
                 loss, st = self.recipe.step(self.model, self.raw_model, images, pids)
             if not math.isfinite(st["loss"]):
                 detail = ", ".join(f"{k} {st[k]}" for k in self.recipe.stat_keys if k != "loss")

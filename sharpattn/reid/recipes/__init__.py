@@ -3,6 +3,7 @@
 from .base import Recipe, build_optimizer
 from .registry import RECIPES, get_recipe, register_recipe
 from .san import SANRecipe, compute_loss
+from .aaanet import AAANetOptions, AAANetRecipe
 
-__all__ = ["RECIPES", "Recipe", "SANRecipe", "build_optimizer", "compute_loss", "get_recipe",
+__all__ = ["AAANetOptions", "AAANetRecipe", "RECIPES", "Recipe", "SANRecipe", "build_optimizer", "compute_loss", "get_recipe",
            "register_recipe"]

@@ -53,9 +53,11 @@ class Recipe:
     def __init__(self, cfg, device, world=1):
         self.cfg, self.device, self.world = cfg, device, world
         self.lr_schedule = lr_schedule(cfg.optim)
+        #: steps done before the current one (the loop sets it before each ``step``)
+        self.global_step = 0
 
     # -- building ----------------------------------------------------------------------------
-    def model_spec(self):
+    def model_spec(self, dataset):
         """What ``build_model`` builds; stored in checkpoints (resume checks it)."""
         return model_spec(self.cfg.model)
 

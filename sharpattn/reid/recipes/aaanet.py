@@ -1,0 +1,154 @@
+"""AAA-Net (paper sections 3 and 4.2): three stages over one model, chained by ``stages``.
+
+* ``classifier`` (3.1): ResNet-50, dropout, FC over the training identities, softmax
+  cross-entropy; SGD, lr 1e-3 x0.1 every 2 epochs.
+* ``assignment`` (3.2, Algorithm 1): backbone and FC frozen (batch norms too); the attention
+  branch learns ``M_att`` from the middle feature map ``f_r`` against the hardest of the 16
+  grid-occluded copies (``M_occ``), eq. 1 = eq. 2 + eq. 3; SGD, lr 1e-4 x0.1 every 3 epochs.
+* ``adversarial`` (3.3, Algorithm 2): everything trains. ``M_att`` becomes a 0/1 mask, ``f_r``
+  times it is classified beside ``f_r``; batches take turns between the original and the
+  occluded features for the cross-entropy ("decentralized training"), and eq. 4's
+  ``lambda1 * L_r + lambda2 * L_att`` is added for the samples whose true-class probability
+  drops by more than ``omega`` under the occlusion.
+
+docs/aaanet.md gives the decisions where the paper is silent and the options for the others.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from sharpattn.models.aaanet import true_class_probability
+
+from ..config import register_section
+from ..losses import aaa_adversarial_loss, attention_assignment_loss
+from .base import Recipe
+from .registry import register_recipe
+
+__all__ = ["AAANetOptions", "AAANetRecipe", "STAGES"]
+
+STAGES = ("classifier", "assignment", "adversarial")
+
+
+@dataclass
+class AAANetOptions:
+    stage: str = "classifier"        # classifier, assignment or adversarial (one per entry of stages)
+    occlusion_after: int = 3         # f_r after ResNet-50's conv module 2, 3, 4 or 5 (Table 3)
+    dropout: float = 0.5             # before the FC (0.5 Market-1501, 0.6 DukeMTMC-reID)
+    grid: list = field(default_factory=lambda: [4, 4])
+    lambda1: float = 0.3             # eq. 4: weight of the regulariser L_r (eq. 3)
+    lambda2: float = 1.7             # eq. 4: weight of L_att (eq. 2)
+    omega: float = 0.04              # eq. 4: the probability drop above which eq. 4 applies
+    occlusion_chunk: int = 0         # images per pass of the hardest-copy search (0: all at once)
+    # The model's choices where the paper is silent (docs/aaanet.md); null: the model's default.
+    mask_source: typing.Optional[str] = None      # stage-3 mask scored by: attention, response (Table 4)
+    mask_rule: typing.Optional[str] = None        # threshold or top
+    mask_threshold: typing.Optional[float] = None
+    mask_fraction: typing.Optional[float] = None  # rule top: the fraction of positions
+    mask_zeros: typing.Optional[str] = None       # high: occlude the chosen positions; low: keep only them
+    occlusion_target: typing.Optional[str] = None  # M_occ: response or keep
+    attention_norm: typing.Optional[str] = None   # sigmoid or none
+    attention_channels: typing.Optional[int] = None
+    attention_layers: typing.Optional[int] = None
+    retrieval: typing.Optional[str] = None        # forward returns: pool or logits
+
+
+#: the options passed on to AAANetResNet50 when set
+MODEL_OPTIONS = ("mask_source", "mask_rule", "mask_threshold", "mask_fraction", "mask_zeros",
+                 "occlusion_target", "attention_norm", "attention_channels", "attention_layers", "retrieval")
+
+
+register_section("aaanet", AAANetOptions)
+
+
+@register_recipe
+class AAANetRecipe(Recipe):
+    name = "aaanet"
+    stat_keys = ("loss", "ce", "attention", "adversarial", "gated", "accuracy")
+    progress_keys = ("loss", "accuracy")
+
+    def __init__(self, cfg, device, world=1):
+        super().__init__(cfg, device, world)
+        self.options = cfg.section("aaanet")
+        if self.options.stage not in STAGES:
+            raise ValueError(f"aaanet.stage must be one of {', '.join(STAGES)}, got {self.options.stage!r}")
+
+    # -- building ----------------------------------------------------------------------------
+    def model_spec(self, dataset):
+        o = self.cfg.section("aaanet")
+        kwargs = {"num_classes": dataset.num_train_pids, "occlusion_after": o.occlusion_after,
+                  "dropout": o.dropout, "grid": list(o.grid), "weights": self.cfg.model.weights}
+        kwargs.update({k: getattr(o, k) for k in MODEL_OPTIONS if getattr(o, k) is not None})
+        return {"arch": "aaanet_resnet50", "kwargs": kwargs}
+
+    def trainable_parameters(self, model):
+        # Algorithm 1 trains only the attention branch (the base's batch norms stay in eval mode);
+        # no loss reaches the attention branch in stage 1; stage 3 trains everything.
+        model.freeze_base(self.options.stage == "assignment")
+        for p in model.attention_parameters():
+            p.requires_grad_(self.options.stage != "classifier")
+        return super().trainable_parameters(model)
+
+    # -- steps -------------------------------------------------------------------------------
+    def step(self, model, raw_model, images, pids):
+        return getattr(self, f"_{self.options.stage}_step")(raw_model, images, pids)
+
+    def _stats(self, loss, ce, logits, pids, attention=0.0, adversarial=0.0, gated=0.0):
+        accuracy = (logits.argmax(1) == pids).float().mean()
+        return {"loss": float(loss.detach()), "ce": float(ce), "attention": float(attention),
+                "adversarial": float(adversarial), "gated": float(gated), "accuracy": float(accuracy)}
+
+    def _classifier_step(self, model, images, pids):
+        logits = model.logits(images)
+        loss = F.cross_entropy(logits.float(), pids)
+        return loss, self._stats(loss, loss.detach(), logits, pids)
+
+    def _hardest(self, model, f_r, pids):
+        with torch.no_grad():
+            cell, _ = model.hardest_occlusion(f_r, pids, chunk=self.options.occlusion_chunk or None)
+            return model.occlusion_target(cell, f_r)
+
+    def _assignment_step(self, model, images, pids):
+        with torch.no_grad():
+            f_r = model.middle(images)
+            logits = model.classify(model.rest(f_r))
+        m_occ = self._hardest(model, f_r, pids)
+        m_att = model.attention(f_r)
+        loss = attention_assignment_loss(m_att.float(), m_occ.float()).mean()
+        return loss, self._stats(loss, F.cross_entropy(logits.float(), pids), logits, pids, attention=loss.detach())
+
+    def _adversarial_step(self, model, images, pids):
+        o = self.options
+        f_r = model.middle(images)
+        m_att = model.attention(f_r)
+        with torch.no_grad():
+            mask = model.binary_mask(m_att, f_r=f_r)
+        logits_bf = model.classify(model.rest(f_r))
+        logits_af = model.classify(model.rest(f_r * mask))
+        occluded_turn = self.global_step % 2 == 1  # batches alternate: original, occluded, ...
+        logits = logits_af if occluded_turn else logits_bf
+        ce = F.cross_entropy(logits.float(), pids)
+        m_occ = self._hardest(model, f_r.detach(), pids)
+        p_bf, p_af = true_class_probability(logits_bf, pids), true_class_probability(logits_af, pids)
+        per_sample = aaa_adversarial_loss(m_att.float(), m_occ.float(), p_bf.detach(), p_af.detach(),
+                                          lambda1=o.lambda1, lambda2=o.lambda2, omega=o.omega)
+        adversarial = per_sample.mean()
+        loss = ce + adversarial
+        gated = ((p_bf - p_af) > o.omega).float().mean()
+        return loss, self._stats(loss, ce.detach(), logits, pids, adversarial=adversarial.detach(), gated=gated)
+
+    # -- words -------------------------------------------------------------------------------
+    def describe(self):
+        o = self.options
+        return (f"`aaanet_resnet50` stage {o.stage}, occlusion after conv module {o.occlusion_after}, "
+                f"grid {o.grid[0]}x{o.grid[1]}, dropout {o.dropout}")
+
+    def epoch_summary(self, rec):
+        parts = {"classifier": f"ce {rec['ce']:.4f}",
+                 "assignment": f"L_adv(eq.1) {rec['attention']:.4f}",
+                 "adversarial": f"ce {rec['ce']:.4f}, eq.4 {rec['adversarial']:.4f} on {100 * rec['gated']:.0f}%"}
+        return f"loss {rec['loss']:.4f} ({parts[self.options.stage]}) acc {rec['accuracy']:.2f}"
