@@ -21,6 +21,19 @@ fi
 if [ -z "${SHARPATTN_FORCE_CPU:-}" ]; then
   export SHARPATTN_FORCE_CUDA=1
 fi
-MAX_JOBS=${MAX_JOBS:-$(nproc)} .venv/bin/python -m pip install --quiet --no-build-isolation \
-  --no-deps -e .
+# Build only when something the build reads changed since the last one (scripts/build_stamp.py):
+# an editable install picks up Python changes by itself, and a rebuild costs minutes.
+stamp=.venv/.sharpattn-build.json
+if reason=$(.venv/bin/python scripts/build_stamp.py --explain "$stamp") \
+    && .venv/bin/python -c "import sharpattn; assert sharpattn.build_info()['compiled']" 2>/dev/null; then
+  echo "install.sh: sharpattn._C is up to date (no source, build setting, torch or Python changed): not rebuilt"
+else
+  echo "install.sh: building sharpattn._C ($reason)"
+  t0=$(date +%s)
+  rm -f "$stamp"
+  MAX_JOBS=${MAX_JOBS:-$(nproc)} .venv/bin/python -m pip install --quiet --no-build-isolation \
+    --no-deps -e .
+  .venv/bin/python scripts/build_stamp.py > "$stamp"
+  echo "install.sh: built in $(( $(date +%s) - t0 )) s"
+fi
 .venv/bin/python -c "import sharpattn, json; print(json.dumps(sharpattn.build_info(), indent=1))"
