@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["TripletStats", "all_gather_with_grad", "batch_hard_triplet_loss", "pairwise_distance"]
+__all__ = ["TripletStats", "aaa_adversarial_loss", "all_gather_with_grad",
+           "attention_assignment_loss", "batch_hard_triplet_loss", "pairwise_distance"]
 
 
 def pairwise_distance(x, y=None, squared=False):
@@ -108,3 +109,66 @@ def all_gather_with_grad(tensor, group=None):
     parts = _gather_padded(tensor.detach(), group)
     parts[dist.get_rank(group)] = tensor
     return torch.cat(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# AAA-Net (Attention-Aware Adversarial Network), eq. 1-4: per-sample values, L1 norms taken over
+# each sample's whole map. See docs/aaanet.md for what M_att and M_occ are in sharpattn.
+# --------------------------------------------------------------------------------------------
+
+def _aaa_maps(m_att, m_occ):
+    """Check two per-sample maps (N, ...) of one shape; return them flattened to (N, h*w), in
+    float32 at least (sums over a 56 x 56 map overflow bfloat16's precision)."""
+    if not isinstance(m_att, torch.Tensor) or not isinstance(m_occ, torch.Tensor):
+        raise TypeError("m_att and m_occ must be tensors")
+    if m_att.dim() < 2:
+        raise ValueError(f"m_att must be a per-sample map (N, h, w), got shape {tuple(m_att.shape)}")
+    if m_att.shape != m_occ.shape:
+        raise ValueError(f"m_att {tuple(m_att.shape)} and m_occ {tuple(m_occ.shape)} must have "
+                         "the same shape")
+    if m_att.shape[0] == 0:
+        raise ValueError("m_att has no samples (N = 0)")
+    dtype = torch.promote_types(m_att.dtype, torch.float32)
+    return m_att.flatten(1).to(dtype), m_occ.flatten(1).to(dtype)
+
+
+def _assignment_terms(m_att, m_occ):
+    """(L_r, L_att) per sample: eq. 3 and eq. 2."""
+    att, occ = _aaa_maps(m_att, m_occ)
+    # Eq. 2, L_att = || (max(M_att, 0) - M_occ) * M_att ||_1
+    l_att = ((att.clamp_min(0) - occ) * att).abs().sum(1)
+    # Eq. 3, L_r = log(1 + exp(-||M_att||_1)) = softplus(-||M_att||_1): no overflow for any norm
+    l_r = F.softplus(-att.abs().sum(1))
+    return l_r, l_att
+
+
+def attention_assignment_loss(m_att, m_occ):
+    """AAA-Net eq. 1 per sample, shape (N,): ``L_att(M_att, M_occ) + L_r(M_att)`` with
+    ``L_att = ||(max(M_att, 0) - M_occ) * M_att||_1`` (eq. 2) and
+    ``L_r = log(1 + exp(-||M_att||_1))`` (eq. 3), both norms over each sample's map.
+
+    ``m_att`` and ``m_occ`` are (N, h, w) (any (N, ...) of one shape works). ``m_occ`` is a
+    target: pass it detached unless its gradient is wanted.
+    """
+    l_r, l_att = _assignment_terms(m_att, m_occ)
+    return l_att + l_r
+
+
+def aaa_adversarial_loss(m_att, m_occ, p_bf, p_af, lambda1=0.3, lambda2=1.7, omega=0.04):
+    """AAA-Net eq. 4 per sample, shape (N,): ``lambda1 * L_r + lambda2 * L_att`` where
+    ``p_bf - p_af > omega``, exactly 0 elsewhere (the gate is strict: a difference equal to
+    omega gives 0).
+
+    ``p_bf`` and ``p_af`` (N,) are the probabilities of the true identity before and after
+    occluding the feature map; they only gate (no gradient flows through the comparison).
+    """
+    l_r, l_att = _assignment_terms(m_att, m_occ)
+    n = l_r.shape[0]
+    p_bf, p_af = torch.as_tensor(p_bf), torch.as_tensor(p_af)
+    for name, p in (("p_bf", p_bf), ("p_af", p_af)):
+        if p.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},) (one probability per sample), "
+                             f"got {tuple(p.shape)}")
+    gate = (p_bf.detach().to(l_r.device) - p_af.detach().to(l_r.device)) > omega
+    loss = lambda1 * l_r + lambda2 * l_att
+    return torch.where(gate, loss, torch.zeros_like(loss))
