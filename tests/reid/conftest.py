@@ -29,7 +29,7 @@ TINY = ["model.arch=tiny", "model.blocks=[1]", "model.context=[]", "model.embedd
         "eval.mask_images=2", "name=tiny"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_config(data_root):
     def make(*overrides, config=None):
         """``config``: a YAML file whose sections the tiny settings then override."""

@@ -1,0 +1,94 @@
+"""AAA-Net's three chained stages on the shared loop: what each stage trains and freezes, the
+chaining of weights, and resuming in the middle of the attention-assignment stage."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from sharpattn.reid.config import load_config
+from sharpattn.reid.engine import TrainingInterrupted, train
+
+CONFIGS = Path(__file__).parent / "configs"
+SIZE = ("data.height=64", "data.width=32")  # f_r after conv3_x is 8 x 4: a 4 x 4 grid fits
+
+
+def _config(tiny_config, *overrides):
+    return tiny_config(*SIZE, *overrides, config=CONFIGS / "aaanet_tiny.yaml")
+
+
+def _model(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def _split(state):
+    attention = {k for k in state if k.startswith("attention_head.")}
+    return attention, set(state) - attention
+
+
+TWO_STAGES = ("stages=[{name: classifier, aaanet: {stage: classifier}, optim: {lr: 0.01, epochs: 1}}, "
+              "{name: assignment, aaanet: {stage: assignment}, optim: {lr: 0.01, epochs: 2}}]")
+STAGE_DIRS = ("1_classifier", "2_assignment", "3_adversarial")
+
+
+@pytest.fixture(scope="module")
+def three_stages(tiny_config, tmp_path_factory):
+    """One uninterrupted run of the three stages (a few ResNet-50 steps each on the CPU)."""
+    out = tmp_path_factory.mktemp("aaanet") / "run"
+    summary = train(_config(tiny_config), out)
+    return out, summary
+
+
+def test_stages_train_what_the_paper_says(three_stages):
+    out, summary = three_stages
+    assert [s["name"] for s in summary["stages"]] == ["tiny/classifier", "tiny/assignment", "tiny/adversarial"]
+    s1, s2, s3 = (_model(out / d / "last.pt") for d in STAGE_DIRS)
+    attention, base = _split(s1)
+    assert attention and base
+    same = lambda a, b, keys: all(torch.equal(a[k], b[k]) for k in keys)  # noqa: E731
+    # Stage 2 froze the backbone and FC, batch-norm statistics included: bit for bit stage 1's.
+    assert same(s1, s2, base)
+    # ... and trained the attention branch, which stage 1 left as initialised.
+    assert not same(s1, s2, attention)
+    # Stage 3 trains everything.
+    assert not same(s2, s3, base) and not same(s2, s3, attention)
+    rows = {d: list(csv.DictReader(open(out / d / "log.csv"))) for d in STAGE_DIRS}
+    assert float(rows["2_assignment"][0]["attention"]) > 0  # eq. 1 was optimised
+    assert 0 <= float(rows["3_adversarial"][0]["gated"]) <= 1
+    assert summary["metrics"]["mAP"] > 0
+
+
+def test_stage1_trains_the_base_from_fresh_weights_and_not_the_attention(three_stages):
+    from sharpattn.reid.modeling import build_model
+    out, _ = three_stages
+    ckpt = torch.load(out / "1_classifier" / "last.pt", weights_only=True)
+    torch.manual_seed(ckpt["config"]["train"]["seed"])  # the initial weights of every stage 1
+    fresh = build_model(ckpt["model_spec"]).state_dict()
+    attention, base = _split(ckpt["model"])
+    assert any(not torch.equal(fresh[k], ckpt["model"][k]) for k in base if fresh[k].is_floating_point())
+    assert all(torch.equal(fresh[k], ckpt["model"][k]) for k in attention)  # no loss reached the branch
+
+
+def test_resume_in_the_middle_of_the_assignment_stage(three_stages, tiny_config, tmp_path):
+    # Stopped after the first step of the assignment stage's second epoch, resumed: its weights
+    # are bit for bit those of the uninterrupted run (whose first two stages are the same).
+    out, _ = three_stages
+    with pytest.raises(TrainingInterrupted):
+        train(_config(tiny_config, TWO_STAGES), tmp_path / "cut", stop_at=(2, 1, 1))
+    cut = torch.load(tmp_path / "cut" / "2_assignment" / "last.pt", weights_only=True)
+    assert (cut["epoch"], cut["step"]) == (1, 1)
+    train(_config(tiny_config, TWO_STAGES), tmp_path / "cut", resume=tmp_path / "cut")
+    a, b = _model(out / "2_assignment" / "last.pt"), _model(tmp_path / "cut" / "2_assignment" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_aaanet_config_loads():
+    from sharpattn.reid.config import available_configs
+    names = [n for n in available_configs() if "aaanet" in n]
+    assert len(names) >= 15
+    for name in names:
+        cfg = load_config(name)
+        stages = cfg.stage_configs() if cfg.stages else [cfg]
+        assert all(s.recipe == "aaanet" for s in stages), name
+        assert [s.section("aaanet").stage for s in stages][-1] in ("adversarial", "classifier"), name
