@@ -144,7 +144,7 @@ class AAANetRecipe(Recipe):
     # -- words -------------------------------------------------------------------------------
     def describe(self):
         o = self.options
-        return (f"`aaanet_resnet50` stage {o.stage}, occlusion after conv module {o.occlusion_after}, "
+        return (f"aaanet_resnet50 stage {o.stage}, occlusion after conv module {o.occlusion_after}, "
                 f"grid {o.grid[0]}x{o.grid[1]}, dropout {o.dropout}")
 
     def epoch_summary(self, rec):

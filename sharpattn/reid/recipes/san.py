@@ -68,7 +68,7 @@ class SANRecipe(Recipe):
 
     def describe(self):
         m = self.cfg.model
-        return f"`{m.arch}` blocks={m.blocks} context={m.context} residual={m.residual} tv={m.tv}"
+        return f"{m.arch} blocks={m.blocks} context={m.context} residual={m.residual} tv={m.tv}"
 
     def epoch_summary(self, rec):
         return (f"loss {rec['loss']:.4f} (triplet {rec['triplet']:.4f}, mu*tv {rec['tv_weighted']:.4f}) "
