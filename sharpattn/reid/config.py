@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -188,58 +187,8 @@ class Config:
 
     def validate(self):
         """Check values that a type alone does not constrain; raises :class:`ConfigError`."""
-        def bad(key, msg):
-            raise ConfigError(f"config key '{key}': {msg}")
-        from .data import DATASETS
-        from .recipes import RECIPES
-        if self.recipe not in RECIPES:
-            bad("recipe", f"unknown recipe {self.recipe!r}; choose one of {', '.join(sorted(RECIPES))}")
-        if self.data.name not in DATASETS:
-            bad("data.name", f"unknown dataset {self.data.name!r}; choose one of {', '.join(sorted(DATASETS))}")
-        if not 0 <= self.data.random_erasing <= 1:
-            bad("data.random_erasing", f"must be a probability in [0, 1], got {self.data.random_erasing}")
-        if self.optim.name not in ("adam", "sgd"):
-            bad("optim.name", f"must be adam or sgd, got {self.optim.name!r}")
-        if self.optim.schedule not in ("hermans", "step"):
-            bad("optim.schedule", f"must be hermans or step, got {self.optim.schedule!r}")
-        if self.optim.step_size < 1 or not 0 < self.optim.gamma <= 1:
-            bad("optim.step_size", "step_size must be >= 1 and gamma in (0, 1]")
-        if self.data.cuhk03_protocol not in ("classic", "new"):
-            bad("data.cuhk03_protocol", f"must be 'classic' or 'new', got {self.data.cuhk03_protocol!r}")
-        if self.train.amp not in AMP_MODES:
-            bad("train.amp", f"must be one of {', '.join(AMP_MODES)}, got {self.train.amp!r}")
-        for key in ("data.num_identities", "data.num_instances", "optim.epochs", "data.height",
-                    "data.width", "eval.batch_size"):
-            sec, k = key.split(".")
-            if getattr(getattr(self, sec), k) < 1:
-                bad(key, f"must be >= 1, got {getattr(getattr(self, sec), k)}")
-        if self.data.num_identities < 2:
-            bad("data.num_identities", "a triplet batch needs at least 2 identities")
-        if self.optim.schedule == "hermans" and not 0 <= self.optim.decay_start <= self.optim.epochs:
-            bad("optim.decay_start", f"must be in 0..optim.epochs ({self.optim.epochs}), got {self.optim.decay_start}")
-        if self.optim.lr <= 0:
-            bad("optim.lr", f"must be > 0, got {self.optim.lr}")
-        if not 0 < self.optim.final_lr_factor <= 1:
-            bad("optim.final_lr_factor", f"must be in (0, 1], got {self.optim.final_lr_factor}")
-        if self.eval.ap_mode not in ("standard", "market"):
-            bad("eval.ap_mode", f"must be 'standard' or 'market', got {self.eval.ap_mode!r}")
-        if self.eval.metric not in ("euclidean", "sqeuclidean", "cosine"):
-            bad("eval.metric", f"must be euclidean, sqeuclidean or cosine, got {self.eval.metric!r}")
-        if not self.eval.metrics or any(m not in ("euclidean", "xqda", "kissme") for m in self.eval.metrics):
-            bad("eval.metrics", f"must list some of euclidean, xqda, kissme, got {self.eval.metrics}")
-        if self.tau.tau0 <= 0 or self.tau.tau_min <= 0:
-            bad("tau", "tau0 and tau_min must be > 0")
-        if any(b not in (1, 2, 3, 4) for b in self.model.blocks):
-            bad("model.blocks", f"blocks are numbered 1..4, got {self.model.blocks}")
-        if any(c not in self.model.blocks for c in self.model.context):
-            bad("model.context", f"context units {self.model.context} must be on sharp attention blocks "
-                                 f"{self.model.blocks}")
-        if self.optim.grad_clip is not None and not (math.isfinite(self.optim.grad_clip) and self.optim.grad_clip > 0):
-            bad("optim.grad_clip", f"must be null (off) or a finite number > 0, got {self.optim.grad_clip}")
-        if self.train.diagnostics_every < 0:
-            bad("train.diagnostics_every", f"must be >= 0, got {self.train.diagnostics_every}")
-        if self.train.eval_every < 0 or self.train.checkpoint_every < 0:
-            bad("train.eval_every", "eval_every and checkpoint_every must be >= 0")
+        from .config_checks import check_config
+        check_config(self)
         return self
 
 

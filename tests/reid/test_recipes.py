@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import _toy_recipe  # noqa: F401  (registers the toy recipe and its config section)
-from sharpattn.reid.config import ConfigError, load_config
+from sharpattn.reid.config import ConfigError
 from sharpattn.reid.engine import TrainingInterrupted, train
 from sharpattn.reid.engine.schedule import StepSchedule
 from sharpattn.reid.recipes import RECIPES
