@@ -5,6 +5,12 @@ The numbers in docs/training.md ("Why SAN collapsed") come from this script, e.g
     .venv/bin/python scripts/san_stability_study.py --out runs/study --seeds 0 1 2 \
         --variants baseline baseline_clip san san_clip
 
+and the demo's models over seeds (the ft ones start from that seed's demo baseline):
+
+    .venv/bin/python scripts/san_stability_study.py --out runs/demo-seeds --seeds 0 1 2 \
+        --variants demo_baseline ft_demo_baseline ft_demo_san ft_demo_aaanet \
+        --init-from runs/demo-seeds/demo_baseline/seed{seed}/best.pt
+
 Each run is `python -m sharpattn.reid --config ... -o <out>/<variant>/seed<k>` (``--jobs`` runs go
 side by side, ``--threads`` torch threads each); finished runs (summary.json present) are not trained again, so
 the script can be stopped and restarted. Writes ``<out>/results.md`` and ``<out>/results.json``.
@@ -41,6 +47,11 @@ VARIANTS = {
     "ft_baseline_clip": ("synthetic/baseline", ["optim.grad_clip=5.0", "optim.lr=2e-4"]),
     "ft_san": ("synthetic/san", ["optim.grad_clip=null", "optim.lr=2e-4"]),
     "ft_san_clip": ("synthetic/san", ["optim.grad_clip=5.0", "optim.lr=2e-4"]),
+    # the demo's configs as they are (the ft ones and AAA-Net's first stage start from --init-from)
+    "demo_baseline": ("synthetic/baseline", []),
+    "ft_demo_baseline": ("synthetic/baseline_ft", []),
+    "ft_demo_san": ("synthetic/san_ft", []),
+    "ft_demo_aaanet": ("synthetic/aaanet", []),
 }
 
 
@@ -49,7 +60,7 @@ def run_one(variant, seed, out, extra, init_from, threads):
     run_dir = out / variant / f"seed{seed}"
     if (run_dir / "summary.json").exists():
         return run_dir, None
-    if (run_dir / "last.pt").exists():
+    if (run_dir / "last.pt").exists() or (run_dir / "stages.yaml").exists():
         cmd = [sys.executable, "-m", "sharpattn.reid", "--resume", str(run_dir)]
     else:
         cmd = [sys.executable, "-m", "sharpattn.reid", "--config", config, "-o", str(run_dir),
@@ -64,6 +75,8 @@ def run_one(variant, seed, out, extra, init_from, threads):
 
 
 def last_row(run_dir):
+    if not (run_dir / "log.csv").exists():  # a run of several stages: its last stage's log
+        run_dir = sorted(p for p in run_dir.iterdir() if (p / "log.csv").exists())[-1]
     with open(run_dir / "log.csv") as f:
         rows = list(csv.DictReader(f))
     return rows[-1] if rows else {}

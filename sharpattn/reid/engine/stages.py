@@ -5,6 +5,7 @@ the config for that stage (``recipe``, ``optim``, ``model``, a recipe's own sect
 trains in ``<out_dir>/<i>_<name>`` and starts from the weights stage i-1 ended with (its
 ``last.pt``, through the recipe's ``start_from``). ``--resume <out_dir>`` skips finished stages
 (their folders are left as they are) and continues the first unfinished one where it stopped.
+The run's summary.json is the last stage's, with every stage's under ``"stages"``.
 """
 
 from __future__ import annotations
@@ -60,4 +61,8 @@ def train_stages(cfg, out_dir, resume=None, log=print, **kwargs):
                           init_from=None if started else previous, **kwargs)
         summaries.append(trainer.fit())
         previous = load_checkpoint(last)
-    return {**summaries[-1], "name": cfg.name, "stages": summaries, "out_dir": str(out_dir)}
+    summary = {**summaries[-1], "name": cfg.name, "stages": summaries, "out_dir": str(out_dir)}
+    if summaries[-1].get("metrics") is not None:  # the main process: the run's result, in its folder
+        import json
+        (root / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
