@@ -206,7 +206,8 @@ def run_eval(args):
 
 
 def _run(fn, parser, argv):
-    args = parser.parse_args(argv)
+    # Intermixed: overrides may come before and after options (... -o DIR optim.epochs=5).
+    args = parser.parse_intermixed_args(argv)
     if getattr(args, "list_configs", False):
         print("\n".join(available_configs()))
         return 0
