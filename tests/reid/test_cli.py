@@ -43,7 +43,7 @@ def test_bad_config_value_and_file(capsys, tmp_path):
 
 def test_missing_dataset(capsys, tmp_path):
     # Overrides may sit between options: the error is the dataset's, not argparse's.
-    assert train_main(["--config", "market1501/san", "optim.epochs=1", "--data-root", str(tmp_path / "nowhere"),
+    assert train_main(["--config", "market1501/san", "optim.epochs=120", "--data-root", str(tmp_path / "nowhere"),
                        "train.progress=false"]) == 2
     err = _err(capsys)
     assert "unrecognized arguments" not in err
