@@ -1,7 +1,8 @@
 """Command lines: ``sharpattn-train`` and ``sharpattn-eval`` (also ``python -m sharpattn.reid``).
 
 ``sharpattn-train`` with no config trains the built-in synthetic demo: the plain ResNet-50
-baseline and SAN on a small generated dataset, on the CPU in minutes, and prints both scores.
+baseline, SAN and AAA-Net on a small generated dataset, on the CPU in minutes, and prints their
+scores side by side.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from .datasets import DatasetFormatError, DatasetNotFoundError
 __all__ = ["main", "train_main", "eval_main"]
 
 # The demo: a baseline from scratch, whose backbone then initialises the baseline and SAN
-# fine-tuned at the paper's lr (configs/synthetic/_finetune.yaml; docs/training.md says why).
-DEFAULT_CONFIGS = ("synthetic/baseline", "synthetic/baseline_ft", "synthetic/san_ft")
+# fine-tuned at the paper's lr (configs/synthetic/_finetune.yaml; docs/training.md says why), and
+# AAA-Net's three stages (configs/synthetic/aaanet.yaml).
+DEFAULT_CONFIGS = ("synthetic/baseline", "synthetic/baseline_ft", "synthetic/san_ft", "synthetic/aaanet")
 USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError, FileExistsError)
 
 
@@ -31,9 +33,9 @@ def _timestamp():
 def _train_parser(prog="sharpattn-train"):
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Train SAN / the ResNet-50 baseline with the SAN recipe (batch-hard triplet + mu * TV, "
-                    "Adam). With no --config: the synthetic demo (baseline and SAN on generated data, "
-                    "CPU, a few minutes).",
+        description="Train with a config's recipe: SAN and its ResNet-50 baseline (batch-hard triplet + "
+                    "mu * TV, Adam) or AAA-Net's three stages (softmax, SGD). With no --config: the synthetic "
+                    "demo (baseline, SAN and AAA-Net on generated data, CPU, minutes).",
         epilog="Overrides: section.key=value, e.g. optim.epochs=30 data.root=~/data model.blocks=[1,2]. "
                "Packaged configs: sharpattn-train --list-configs. See docs/training.md.")
     p.add_argument("-c", "--config", action="append", metavar="NAME_OR_FILE",
@@ -76,10 +78,18 @@ def _shortcuts(args):
     return extra + list(args.overrides)
 
 
+def _table_rows(results):
+    """One row per run, and per stage of a run of several stages (its stages side by side)."""
+    rows = []
+    for r in results:
+        rows += [(s["name"], s["metrics"]) for s in r["stages"]] if r.get("stages") else [(r["name"], r["metrics"])]
+    return rows
+
+
 def _print_table(results, out_root=None):
     from .report import format_metrics_table
     print()
-    print(format_metrics_table([(r["name"], r["metrics"]) for r in results]))
+    print(format_metrics_table(_table_rows(results)))
     for r in results:
         print(f"  {r['name']}: {r['out_dir']}")
     if out_root is not None:
@@ -132,8 +142,8 @@ def run_training(args):
                                       f"or choose another --output")
     if not args.config and not args.resume:
         print("sharpattn-train: no --config given, running the synthetic demo on generated data: the ResNet-50 "
-              "baseline from scratch, then the baseline and SAN fine-tuned from its backbone (see "
-              "sharpattn/reid/configs/synthetic/). Use --config for real data.", flush=True)
+              "baseline from scratch, then the baseline, SAN and AAA-Net's three stages starting from its "
+              "backbone (see sharpattn/reid/configs/synthetic/). Use --config for real data.", flush=True)
     results = []
     t0 = time.time()
     for cfg, out_dir, resume in jobs:
@@ -148,7 +158,7 @@ def run_training(args):
         if out_root is not None:
             (out_root / "results.md").write_text(
                 __import__("sharpattn.reid.report", fromlist=["_"]).format_metrics_table(
-                    [(r["name"], r["metrics"]) for r in results]) + "\n")
+                    _table_rows(results)) + "\n")
     return 0
 
 
