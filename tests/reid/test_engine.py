@@ -80,15 +80,22 @@ def test_weights_from_another_run_of_the_same_folder(tiny_config, tmp_path):
     (tmp_path / "first" / "best.pt").write_bytes(b"")
     trainer = Trainer(tiny_config("model.weights='{runs}/first/best.pt'"), tmp_path / "second")
     assert trainer.cfg.model.weights == str(tmp_path / "first" / "best.pt")
-    assert trainer.spec["kwargs"]["weights"] == str(tmp_path / "first" / "best.pt")
+    assert trainer.recipe.model_spec(dataset=None)["kwargs"]["weights"] == str(tmp_path / "first" / "best.pt")
 
 
 def test_the_demo_chain_fine_tunes_from_the_demo_baseline():
     from sharpattn.reid.cli import DEFAULT_CONFIGS
     cfgs = [load_config(name) for name in DEFAULT_CONFIGS]
-    assert [c.name for c in cfgs] == ["baseline", "baseline_ft", "san_ft"]
+    assert [c.name for c in cfgs] == ["baseline", "baseline_ft", "san_ft", "aaanet"]
     assert cfgs[0].model.weights is None and cfgs[0].optim.lr == 1e-3
     for c in cfgs[1:]:
-        assert c.model.weights == "{runs}/baseline/best.pt" and c.optim.lr == 2e-4
+        assert c.model.weights == "{runs}/baseline/best.pt"
+    san_like, aaanet = cfgs[:3], cfgs[3]
+    assert all(c.optim.lr == 2e-4 for c in san_like[1:])
     assert cfgs[2].model.blocks == [1, 2, 3, 4] and cfgs[1].model.blocks == []
-    assert all(c.optim.grad_clip == 5.0 for c in cfgs)
+    assert all(c.optim.grad_clip == 5.0 for c in san_like)
+    # AAA-Net: its three stages, SGD at the paper's lr 1e-3 in stage 1, on the demo's data.
+    stages = aaanet.stage_configs()
+    assert [s.section("aaanet").stage for s in stages] == ["classifier", "assignment", "adversarial"]
+    assert stages[0].optim.name == "sgd" and stages[0].optim.lr == 1e-3
+    assert all(s.data == cfgs[0].data for s in stages)
