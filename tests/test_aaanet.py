@@ -1,6 +1,8 @@
 """AAANetResNet50: shapes at every occlusion point, the hardest occluded copy against copies
 made by hand, M_occ, the stage-3 mask, parameter groups, freezing and ImageNet weights."""
 
+import copy
+import functools
 import math
 
 import pytest
@@ -25,12 +27,19 @@ SMALL = {2: ((256, 16, 8), (4, 4)), 3: ((512, 8, 4), (4, 4)), 4: ((1024, 4, 2), 
          5: ((2048, 2, 1), (2, 1))}
 
 
-def model_at(k, num_classes=7, grid=(4, 4), **kw):
+@functools.lru_cache(maxsize=None)
+def _built(k, grid, options):
     torch.manual_seed(0)
-    model = AAANetResNet50(num_classes, occlusion_after=k, grid=grid, attention_channels=16, **kw)
+    model = AAANetResNet50(7, occlusion_after=k, grid=grid, attention_channels=16, **dict(options))
     # Spread the logits so the 16 copies get clearly different probabilities.
     torch.nn.init.normal_(model.classifier.weight, std=0.03)
     return model
+
+
+def model_at(k, grid=(4, 4), **options):
+    """A fresh copy of a model built once per configuration (building a ResNet-50 takes
+    seconds on a busy machine; copying it does not)."""
+    return copy.deepcopy(_built(k, tuple(grid), tuple(sorted(options.items()))))
 
 
 @pytest.mark.parametrize("k", [2, 3, 4, 5])
