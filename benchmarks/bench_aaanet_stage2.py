@@ -2,7 +2,8 @@
 one training step of the attention branch and as the selection alone, fused against copies
 materialised one by one.
 
-    python -m benchmarks.run aaanet --device cpu --model-batch 4 --model-size 128x128 --rounds 3
+    MALLOC_MMAP_THRESHOLD_=65536 python -m benchmarks.run aaanet --device cpu --model-batch 4 \
+        --model-size 128x128 --rounds 3
 
 Cases (``impl``), at occlusion after conv module k (``block`` = k):
   k = 5  fused_pool    grid_occlusion_pool: every copy's pooled features in one read of f_r,
@@ -17,13 +18,19 @@ backward, SGD); pass ``select``: the selection alone.
 
 Peak memory: on a GPU, max_memory_allocated during one call minus what was allocated before;
 on the CPU, the growth of the process's peak resident memory during one call (VmHWM, reset
-through /proc/self/clear_refs): page-granular and allocator-dependent, but it sees the
-no-grad copies that autograd's saved tensors do not. Threads: 1 on the CPU (see conftest).
+through /proc/self/clear_refs): it sees the no-grad copies that autograd's saved tensors do not.
+glibc keeps freed memory for reuse, which hides the growth after the first call; run with
+MALLOC_MMAP_THRESHOLD_=65536 so that every block above 64 KiB is mapped and unmapped, and the
+resident size follows the live tensors (the variable is recorded with each result).
+Time: on the CPU one thread (see conftest), and besides the wall time the median CPU time of
+the process per call (cpu_s), which a busy shared machine disturbs much less.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
+import time
 
 import pytest
 import torch
@@ -88,6 +95,7 @@ class Stage2:
         self.model, self.images, self.targets, self.device = model, images, targets, device
         self.impl, self.pass_ = impl, pass_
         self.loss = attention_assignment_loss
+        self.cpu_times = []
         if impl == "stage1":
             self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         else:
@@ -115,8 +123,10 @@ class Stage2:
         self.optimizer.step()
 
     def __call__(self):
+        start = time.process_time()
         self.step()
         common.sync(self.device)
+        self.cpu_times.append(time.process_time() - start)
 
     def prepare(self):
         self()
@@ -172,5 +182,9 @@ def test_stage2(benchmark, request, env, opts, device, threads, k, selection, mo
             "shape": list(images.shape), "f_r": [h, w], "dtype": "float32",
             "layout": "contiguous", "pass": pass_, "impl": impl, "traffic_bytes": None,
             "copies": batch * 16 if impl != "stage1" else None,
-            "cpu_count": os.cpu_count()}
+            "cpu_count": os.cpu_count(),
+            "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")}
+    case.cpu_times.clear()
     common.run_case(benchmark, env, case, rounds=opts.rounds, warmup=opts.warmup, info=info)
+    timed = case.cpu_times[opts.warmup:opts.warmup + opts.rounds]
+    benchmark.extra_info["cpu_s"] = statistics.median(timed) if timed else None
