@@ -19,13 +19,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUITES = {"ops": "bench_ops.py", "models": "bench_models.py", "deploy": "bench_deploy.py"}
+SUITES = {"ops": "bench_ops.py", "models": "bench_models.py", "deploy": "bench_deploy.py",
+          "aaanet": "bench_aaanet_stage2.py"}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("suites", nargs="*", default=[], help="ops, models and/or deploy (default: ops and models)")
+    parser.add_argument("suites", nargs="*", default=[], help="ops, models, deploy and/or aaanet (default: ops and models)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--tag", default="", help="appended to the file name: <device>-<suite>-<tag>.json")
     args, pytest_args = parser.parse_known_args(argv)

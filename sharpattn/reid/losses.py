@@ -122,7 +122,8 @@ def _aaa_maps(m_att, m_occ):
     if not isinstance(m_att, torch.Tensor) or not isinstance(m_occ, torch.Tensor):
         raise TypeError("m_att and m_occ must be tensors")
     if m_att.dim() < 2:
-        raise ValueError(f"m_att must be a per-sample map (N, h, w), got shape {tuple(m_att.shape)}")
+        raise ValueError("m_att must be a per-sample map (N, h, w), got shape "
+                         f"{tuple(m_att.shape)}")
     if m_att.shape != m_occ.shape:
         raise ValueError(f"m_att {tuple(m_att.shape)} and m_occ {tuple(m_occ.shape)} must have "
                          "the same shape")
