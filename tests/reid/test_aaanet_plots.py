@@ -10,7 +10,7 @@ pytest.importorskip("torchvision")
 
 def test_fig4_picture(tmp_path):
     from sharpattn.models import AAANetResNet50
-    from sharpattn.reid.aaanet_plots import plot_aaanet_occlusions
+    from sharpattn.reid.report.aaanet_plots import plot_aaanet_occlusions
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # small model; two threads only wait on each other on a busy machine

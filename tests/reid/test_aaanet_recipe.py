@@ -36,7 +36,7 @@ STAGE_DIRS = ("1_classifier", "2_assignment", "3_adversarial")
 def three_stages(tiny_config, tmp_path_factory):
     """One uninterrupted run of the three stages (a few ResNet-50 steps each on the CPU)."""
     out = tmp_path_factory.mktemp("aaanet") / "run"
-    summary = train(_config(tiny_config), out)
+    summary = train(_config(tiny_config, "train.pictures=true"), out)
     return out, summary
 
 
@@ -57,6 +57,9 @@ def test_stages_train_what_the_paper_says(three_stages):
     assert float(rows["2_assignment"][0]["attention"]) > 0  # eq. 1 was optimised
     assert 0 <= float(rows["3_adversarial"][0]["gated"]) <= 1
     assert summary["metrics"]["mAP"] > 0
+    # Fig. 4's picture once the attention branch has trained, and the run's own summary.
+    assert [(out / d / "occlusions.png").is_file() for d in STAGE_DIRS] == [False, True, True]
+    assert (out / "summary.json").is_file() and (out / "stages.yaml").is_file()
 
 
 def test_stage1_trains_the_base_from_fresh_weights_and_not_the_attention(three_stages):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -140,6 +141,26 @@ class AAANetRecipe(Recipe):
         loss = ce + adversarial
         gated = ((p_bf - p_af) > o.omega).float().mean()
         return loss, self._stats(loss, ce.detach(), logits, pids, adversarial=adversarial.detach(), gated=gated)
+
+    def pictures(self, model, dataset, out_dir, log):
+        """occlusions.png, like the paper's Fig. 4, once the attention branch has trained: training
+        images (their identities are the classifier's), M_att, the 0/1 mask, the hardest cell."""
+        if self.options.stage == "classifier":
+            return {}
+        from ..data.transforms import build_test_transform
+        from ..datasets.image_dataset import read_image
+        from ..report.aaanet_plots import plot_aaanet_occlusions
+        try:
+            tf = build_test_transform(self.cfg.data.height, self.cfg.data.width, ten_crop=False)
+            count = min(self.cfg.eval.mask_images + 2, len(dataset.train))
+            items = [dataset.train[int(i)] for i in torch.linspace(0, len(dataset.train) - 1, count)]
+            images = torch.stack([tf(read_image(path)) for path, _, _ in items])
+            path = plot_aaanet_occlusions(model, images, [pid for _, pid, _ in items], Path(out_dir) / "occlusions.png",
+                                          titles=[f"id {pid} cam {cam + 1}" for _, pid, cam in items])
+        except Exception as e:  # noqa: BLE001 - pictures are a report, not the result
+            log(f"[sharpattn] could not draw occlusions.png: {e}")
+            return {}
+        return {"occlusions": str(path)}
 
     # -- words -------------------------------------------------------------------------------
     def describe(self):

@@ -8,23 +8,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..reference import grid_cells
+from ...reference import grid_cells
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .plots import _pyplot
 
 __all__ = ["plot_aaanet_occlusions"]
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _pyplot():
-    import matplotlib
-    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo"):
-        try:
-            matplotlib.use("Agg", force=True)
-        except Exception:  # noqa: BLE001 - keep whatever backend works
-            pass
-    import matplotlib.pyplot as plt
-    return plt
-
 
 @torch.no_grad()
 def _maps(model, images, targets):
