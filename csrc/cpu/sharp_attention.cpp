@@ -65,8 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
 
     if (const VecKernels* vk = vec_for<acc_t>(HW)) {
       // Float32 accumulation only (vec_for is null otherwise).
-      const auto prmf =
-          make_params<float>(tau, eps, mode, residual);
+      const auto prmf = make_params<float>(tau, eps, mode, residual);
       const int64_t HWp = padded_size(HW);
       const bool noisy = prmf.mode != MaskMode::kMean;
       at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
@@ -182,8 +181,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out,
 
     if (const VecKernels* vk = vec_for<acc_t>(HW)) {
       // Float32 accumulation only (vec_for is null otherwise).
-      const auto prmf =
-          make_params<float>(tau, eps, mode, residual);
+      const auto prmf = make_params<float>(tau, eps, mode, residual);
       const int64_t HWp = padded_size(HW);
       const bool noisy = prmf.mode != MaskMode::kMean, hard = prmf.mode == MaskMode::kHard;
       at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
