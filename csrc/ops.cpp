@@ -1,6 +1,8 @@
-// Every operator schema of the sharpattn library, in one place. Kernels attach per dispatch key
-// in csrc/cpu and csrc/cuda; autograd and fake (meta) kernels are registered from Python
-// (sharpattn/_ops.py), which is also where the Triton variants are defined.
+// The schemas of the compiled (C++/CUDA) sharpattn ops, in one place. Kernels attach per dispatch
+// key through the TORCH_LIBRARY_IMPL blocks in csrc/cpu and csrc/cuda; fake kernels and
+// autograd are registered from Python, one module per op in sharpattn/ops/, which also defines
+// the Python-only ops of the same namespace (the triton_* variants and
+// sharp_attention_tensor_args_*).
 #include <Python.h>
 #include <torch/library.h>
 

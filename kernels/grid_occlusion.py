@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import accumulation_dtype, launcher
+
 FLAT_BLOCK = 1024  # elements per program of the materialised op and its backward
 MAX_CELLS = 256  # cells reduced per pass of the pool kernel
 TILE_ELEMENTS = 8192  # cells x positions per pool tile
@@ -137,10 +139,6 @@ def _pool_backward_kernel(g_ptr, dx_ptr, C, HW, H, W, gh, gw, G, gs0, gs1, gs2,
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _check_grid(gh: int, gw: int, H: int, W: int) -> None:
     if gh < 1 or gw < 1:
         raise ValueError(f"sharpattn: grid ({gh}, {gw}) must be >= 1 on both sides")
@@ -164,6 +162,7 @@ def _pool_config(G: int, HW: int) -> tuple[int, int]:
     return cells, block
 
 
+@launcher
 def grid_occlusion(x: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
     """(N, G, C, H, W), contiguous: copy k of x with grid cell k set to zero."""
     _check_map(x, gh, gw)
@@ -177,6 +176,7 @@ def grid_occlusion(x: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
     return out
 
 
+@launcher
 def grid_occlusion_backward(grad: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
     """(N, C, H, W), contiguous: sum_k grad[:, k] * keep_k."""
     _check_map(grad, gh, gw, "grad", dim=5)
@@ -189,10 +189,11 @@ def grid_occlusion_backward(grad: torch.Tensor, gh: int, gw: int) -> torch.Tenso
     if total:
         _occlusion_backward_kernel[(triton.cdiv(total, FLAT_BLOCK),)](
             grad, dx, total, C * H * W, H * W, H, W, gh, gw, G, *grad.stride(),
-            ACC=_acc(grad.dtype), BLOCK=FLAT_BLOCK)
+            ACC=accumulation_dtype(grad.dtype)[0], BLOCK=FLAT_BLOCK)
     return dx
 
 
+@launcher
 def grid_occlusion_pool(x: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
     """(N, G, C) in x's dtype: the spatial mean of every occluded copy, from per-cell sums."""
     _check_map(x, gh, gw)
@@ -202,10 +203,11 @@ def grid_occlusion_pool(x: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
     if N * C:
         cells, block = _pool_config(G, H * W)
         _pool_kernel[(N * C,)](x, out, C, H * W, H, W, gh, gw, G, *x.stride(),
-                               ACC=_acc(x.dtype), CELLS=cells, BLOCK=block)
+                               ACC=accumulation_dtype(x.dtype)[0], CELLS=cells, BLOCK=block)
     return out
 
 
+@launcher
 def grid_occlusion_pool_backward(grad: torch.Tensor, x: torch.Tensor, gh: int,
                                  gw: int) -> torch.Tensor:
     """dx like x (torch.empty_like): (sum_k grad[n, k, c] - grad[n, cell, c]) / (H*W)."""
@@ -222,5 +224,6 @@ def grid_occlusion_pool_backward(grad: torch.Tensor, x: torch.Tensor, gh: int,
         cells, block = _pool_config(G, H * W)
         _pool_backward_kernel[(N * C,)](grad, dx, C, H * W, H, W, gh, gw, G,
                                         *grad.stride(), *dx.stride(),
-                                        ACC=_acc(x.dtype), CELLS=cells, BLOCK=block)
+                                        ACC=accumulation_dtype(x.dtype)[0], CELLS=cells,
+                                        BLOCK=block)
     return dx

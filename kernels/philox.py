@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import accumulation_dtype, launcher
+
 TWO_POW_M25 = tl.constexpr(2.98023223876953125e-08)  # 2^-25, exact in float32
 COMPLEMENT_BASE = tl.constexpr(33554431)  # 2^25 - 1
 UNIFORM_BLOCK = 1024  # positions per program of philox_uniform_out; a multiple of 4
@@ -63,6 +65,7 @@ def _philox_uniform_kernel(out_ptr, seed, offset, S, G, blocks_per_plane,
     tl.store(out_ptr + plane * S + j, u, mask=j < S)
 
 
+@launcher
 def philox_uniform_out(out: torch.Tensor, seed: int, offset: int) -> None:
     """Fill a contiguous (P, S) float32/float64 tensor with the uniforms of SPEC section 1.
 
@@ -77,6 +80,6 @@ def philox_uniform_out(out: torch.Tensor, seed: int, offset: int) -> None:
         return
     G = (S + 3) // 4
     blocks_per_plane = triton.cdiv(S, UNIFORM_BLOCK)
-    acc = tl.float64 if out.dtype == torch.float64 else tl.float32
+    acc = accumulation_dtype(out.dtype)[0]
     _philox_uniform_kernel[(P * blocks_per_plane,)](
         out, seed, offset, S, G, blocks_per_plane, BLOCK=UNIFORM_BLOCK, ACC=acc)

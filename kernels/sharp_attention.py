@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import accumulation_dtype, launcher
 from .philox import logistic_from_words, philox_words
 
 MODES = {"sample": 0, "mean": 1, "hard": 2}
@@ -435,18 +436,15 @@ def _launch_config(HW: int) -> tuple[bool, int, int]:
     return False, TILE, 8
 
 
-def _acc(dtype: torch.dtype):
-    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
-
-
+@launcher
 def forward(t, x, tau, seed, offset, mode, residual, eps, return_mask, return_tv):
-    """(out, mask, stats, tv) of the sharp attention op; see sharpattn._ops for the contract.
+    """(out, mask, stats, tv) of the sharp attention op; contract: sharpattn.ops.sharp_attention.
 
     tv is the (N, C) per-plane TV of A = M T in the compute dtype with return_tv, else empty.
     """
     _check(t, x, tau, mode)
     N, C, H, W = t.shape
-    acc_tl, acc_torch = _acc(t.dtype)
+    acc_tl, acc_torch = accumulation_dtype(t.dtype)
     with_tv = bool(return_tv)
     out = torch.empty_like(t)
     mask = torch.empty_like(t) if return_mask else t.new_empty(0)
@@ -473,6 +471,7 @@ def forward(t, x, tau, seed, offset, mode, residual, eps, return_mask, return_tv
     return result
 
 
+@launcher
 def backward(grad_out, grad_tv, t, x, stats, tau, seed, offset, mode, residual, eps):
     """(grad_t, grad_x) of the sharp attention op; grad_x is empty when x is None.
 
@@ -480,7 +479,7 @@ def backward(grad_out, grad_tv, t, x, stats, tau, seed, offset, mode, residual, 
     """
     _check(t, x, tau, mode)
     N, C, H, W = t.shape
-    acc_tl, acc_torch = _acc(t.dtype)
+    acc_tl, acc_torch = accumulation_dtype(t.dtype)
     if grad_out.shape != t.shape or grad_out.dtype != t.dtype or grad_out.device != t.device:
         raise ValueError("sharpattn: grad_out must have the shape, dtype and device of t")
     if stats.shape != (N, C, 2) or stats.dtype != acc_torch or not stats.is_contiguous():

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import accumulation_dtype, launcher
+
 TILE = 1024
 
 
@@ -75,18 +77,15 @@ def _tv_backward_kernel(grad_ptr, a_ptr, out_ptr, C, H, W, s0, s1, s2, s3, o0, o
         tl.store(out_ptr + offset, (2.0 * g * s).to(out_ptr.dtype.element_ty), mask=inside)
 
 
-def _acc(dtype: torch.dtype):
-    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
-
-
 def _block(hw: int) -> int:
     return min(TILE, max(16, triton.next_power_of_2(hw)))
 
 
+@launcher
 def tv_per_plane(a: torch.Tensor) -> torch.Tensor:
     """(N, C) total variation of each plane, in float32 (float64 for float64 input)."""
     N, C, H, W = a.shape
-    acc_tl, acc_torch = _acc(a.dtype)
+    acc_tl, acc_torch = accumulation_dtype(a.dtype)
     tv = a.new_empty((N, C), dtype=acc_torch)
     if tv.numel() == 0 or H * W == 0:
         return tv.zero_()
@@ -94,10 +93,11 @@ def tv_per_plane(a: torch.Tensor) -> torch.Tensor:
     return tv
 
 
+@launcher
 def tv_per_plane_backward(grad: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """dL/da given the (N, C) gradient of the per-plane TV (eq. 7, scaled per plane)."""
     N, C, H, W = a.shape
-    acc_tl, acc_torch = _acc(a.dtype)
+    acc_tl, acc_torch = accumulation_dtype(a.dtype)
     if grad.shape != (N, C) or grad.dtype != acc_torch or not grad.is_contiguous():
         raise ValueError(f"sharpattn: grad must be a contiguous (N, C) {acc_torch} tensor")
     out = torch.empty_like(a)

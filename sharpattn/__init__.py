@@ -9,8 +9,8 @@
     model = sharpattn.models.san_resnet50()
 """
 
-# _ops and _grid_ops register the operators' fake kernels and autograd on import.
-from . import _extension, _grid_ops, _ops, backends, functional, reference  # noqa: F401
+# ops registers the operators' fake kernels and autograd on import.
+from . import _extension, backends, functional, ops, reference  # noqa: F401
 from ._extension import build_info
 from .modules import (ContextAwareUnit, GridOcclusion, SharpAttentionBlock, SharpMask,
                       TemperatureSchedule, TVLoss, recording_gradients, recording_masks,

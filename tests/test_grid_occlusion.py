@@ -5,7 +5,7 @@ materialised one, the registered ops (opcheck, torch.compile) and bad arguments.
 import pytest
 import torch
 
-from sharpattn import _grid_ops as G
+from sharpattn.ops import grid_occlusion as G
 from sharpattn import backends
 from sharpattn import reference as R
 

@@ -8,7 +8,7 @@ import torch._dynamo.testing
 from torch import nn
 
 import sharpattn
-from sharpattn import _module_op, reference
+from sharpattn import reference
 from sharpattn import functional as F
 from sharpattn.modules.losses import reduce_tv
 from sharpattn.modules.masks import PowerMask, SoftMask, ThresholdMask
@@ -21,7 +21,7 @@ FIXED_RNG = (123456789, 4242)
 @pytest.fixture
 def fixed_rng(monkeypatch):
     """Every SharpMask forward draws FIXED_RNG instead of a fresh (seed, offset)."""
-    monkeypatch.setattr(_module_op, "draw_rng", lambda: torch.tensor(FIXED_RNG))
+    monkeypatch.setattr(F, "draw_rng", lambda: torch.tensor(FIXED_RNG))
     return FIXED_RNG
 
 

@@ -4,8 +4,9 @@ double backward, and NaN isolation."""
 import pytest
 import torch
 
-from sharpattn import _checks, _ops
+from sharpattn import _checks
 from sharpattn import functional as F
+from sharpattn.ops import sharp_attention as SA
 
 from helpers import feature_map, with_layout
 
@@ -29,7 +30,7 @@ def test_opcheck(backend_device):
     backend, device = backend_device
     if backend == "reference":
         pytest.skip("the reference is eager PyTorch, not a registered op")
-    op = _ops.op("sharp_attention_forward", backend)
+    op = SA.FORWARD[backend]
     for args in _opcheck_samples(device):
         torch.library.opcheck(op, args)
 

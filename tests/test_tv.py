@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import sharpattn
-from sharpattn import _ops
+from sharpattn.ops import tv_loss as TV
 from sharpattn import functional as F
 from sharpattn import reference as R
 
@@ -154,7 +154,7 @@ def test_tv_opcheck_and_compile(backend_device):
         pytest.skip("the reference is eager PyTorch, not a registered op")
     for layout in ("contiguous", "channels_last"):
         a = with_layout(feature_map((2, 3, 4, 5), device=device, relu=False), layout)
-        torch.library.opcheck(_ops.op("tv_per_plane", backend), (a.requires_grad_(),))
+        torch.library.opcheck(TV.FORWARD[backend], (a.requires_grad_(),))
     a = feature_map((2, 3, 4, 5), device=device, relu=False)
     compiled = torch.compile(lambda a: F.tv_loss(a, backend=backend) * 2, fullgraph=True,
                              backend="aot_eager" if backend == "triton" and device == "cpu"

@@ -18,15 +18,11 @@
 #include <vector>
 
 #include "../common/grid.h"
+#include "../common/host.h"
 #include "plane_io.h"
 
 namespace sharpattn::cpu {
 namespace {
-
-// Planes per parallel task: enough elements per task to amortise the scheduling.
-int64_t grain(int64_t work_per_plane) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_plane, 1));
-}
 
 // The column range of each column part, computed once per call.
 std::vector<int64_t> edges(int64_t size, int64_t parts) {

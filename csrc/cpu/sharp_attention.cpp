@@ -14,6 +14,7 @@
 #include <optional>
 #include <vector>
 
+#include "../common/host.h"
 #include "../common/op_args.h"
 #include "../common/philox.h"
 #include "../common/sharp_mask.h"
@@ -35,15 +36,6 @@ void fill_noise(acc_t* noise, int64_t HW, uint64_t key, uint64_t first_counter) 
   }
 }
 
-// Planes per parallel task: enough elements per task to amortise the scheduling.
-int64_t plane_grain(int64_t HW) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(HW, 1)); }
-
-template <typename acc_t>
-MaskParams<acc_t> make_params(double tau, double eps, const std::string_view mode, bool residual) {
-  return MaskParams<acc_t>{static_cast<acc_t>(1.0 / tau), static_cast<acc_t>(eps),
-                           parse_mask_mode(mode), residual};
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const at::Tensor& t, const c10::optional<at::Tensor>& x_opt, double tau, int64_t seed,
     int64_t offset, c10::string_view mode, bool residual, double eps, bool return_mask,
@@ -52,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   const at::Tensor& x = x_opt.has_value() ? *x_opt : t;
   const bool separate_x = x_opt.has_value();
   const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3), HW = H * W;
-  const auto acc_dtype = t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_dtype = accumulation_dtype(t);
   at::Tensor out = at::empty_like(t);
   at::Tensor mask = return_mask ? at::empty_like(t) : at::empty({0}, t.options());
   at::Tensor stats = at::empty({N, C, 2}, t.options().dtype(acc_dtype));
@@ -62,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "sharp_attention_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto prm = make_params<acc_t>(tau, eps, std::string_view(mode.data(), mode.size()), residual);
+    const auto prm = make_params<acc_t>(tau, eps, mode, residual);
     const scalar_t* t_data = t.const_data_ptr<scalar_t>();
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
@@ -73,11 +65,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
 
     if (const VecKernels* vk = vec_for<acc_t>(HW)) {
       // Float32 accumulation only (vec_for is null otherwise).
-      const auto prmf =
-          make_params<float>(tau, eps, std::string_view(mode.data(), mode.size()), residual);
+      const auto prmf = make_params<float>(tau, eps, mode, residual);
       const int64_t HWp = padded_size(HW);
       const bool noisy = prmf.mode != MaskMode::kMean;
-      at::parallel_for(0, N * C, plane_grain(HW), [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
         // x, mask, output, t (when separate): padded per-task scratch reused across planes.
         std::vector<float> scratch((separate_x ? 4 : 3) * HWp);
         std::vector<uint32_t> words(noisy ? HWp : 0, 0u);  // past 4 * groups stays 0
@@ -119,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
       return;
     }
 
-    at::parallel_for(0, N * C, plane_grain(HW), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
       // x, t (when separate), noise, output, mask: per-task scratch reused across planes.
       std::vector<acc_t> scratch(5 * HW);
       acc_t* xs = scratch.data();
@@ -178,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out,
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "sharp_attention_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto prm = make_params<acc_t>(tau, eps, std::string_view(mode.data(), mode.size()), residual);
+    const auto prm = make_params<acc_t>(tau, eps, mode, residual);
     const scalar_t* t_data = t.const_data_ptr<scalar_t>();
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     const scalar_t* g_data = grad_out.const_data_ptr<scalar_t>();
@@ -190,11 +181,10 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out,
 
     if (const VecKernels* vk = vec_for<acc_t>(HW)) {
       // Float32 accumulation only (vec_for is null otherwise).
-      const auto prmf =
-          make_params<float>(tau, eps, std::string_view(mode.data(), mode.size()), residual);
+      const auto prmf = make_params<float>(tau, eps, mode, residual);
       const int64_t HWp = padded_size(HW);
       const bool noisy = prmf.mode != MaskMode::kMean, hard = prmf.mode == MaskMode::kHard;
-      at::parallel_for(0, N * C, plane_grain(HW), [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
         // x, grad_out, mask, dT, dX, t (when separate), the relaxed sample (hard mode), dTV/dA
         // (with TV): padded per-task scratch reused across planes.
         const int64_t buffers = 5 + separate_x + hard + with_tv;
@@ -255,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out,
       return;
     }
 
-    at::parallel_for(0, N * C, plane_grain(HW), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
       // x, t (when separate), grad_out, noise, dT, dX, A = M T: per-task scratch.
       std::vector<acc_t> scratch((with_tv ? 7 : 6) * HW);
       acc_t* xs = scratch.data();

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../common/host.h"
 #include "../common/op_args.h"
 #include "../common/tv_stencil.h"
 #include "plane_io.h"
@@ -20,16 +21,10 @@
 namespace sharpattn::cpu {
 namespace {
 
-int64_t grain(int64_t HW) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(HW, 1)); }
-
-at::ScalarType acc_dtype(const at::Tensor& a) {
-  return a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 at::Tensor tv_per_plane(const at::Tensor& a) {
   check_feature_map(a, "a");
   const int64_t N = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3), HW = H * W;
-  at::Tensor tv = at::empty({N, C}, a.options().dtype(acc_dtype(a)));
+  at::Tensor tv = at::empty({N, C}, a.options().dtype(accumulation_dtype(a)));
   if (N * C == 0 || HW == 0) return tv.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "tv_per_plane_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -1,5 +1,6 @@
 // Thin wrappers over the AVX2 and AVX-512 intrinsics, so that vec_kernels_impl.h is written once.
-// Include only between SA_VEC_TARGET_BEGIN and SA_VEC_TARGET_END (vec_avx2.cpp, vec_avx512.cpp):
+// Included only by vec_kernels_tu.h, inside its target pragma (push_options / GCC target, or
+// clang attribute push, with the SA_VEC_TARGET string of vec_avx2.cpp or vec_avx512.cpp):
 // every function here, and every kernel after it, then carries the target attribute of that
 // translation unit, and nothing compiled for AVX leaks into code that runs unconditionally.
 // Everything is in an unnamed namespace inside SA_VEC_NAMESPACE (internal linkage): the two

@@ -27,6 +27,7 @@
 #include <torch/library.h>
 
 #include "../common/grid.h"
+#include "../common/host.h"
 #include "plane_access.cuh"
 
 namespace sharpattn::cuda {
@@ -185,8 +186,6 @@ __global__ void __launch_bounds__(kThreads)
 // ------------------------------------------------------------------------------------------
 // Host side
 // ------------------------------------------------------------------------------------------
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 GridShape grid_shape(const at::Tensor& x, int64_t gh, int64_t gw) {
   return GridShape{x.size(0), x.size(1), x.size(2), x.size(3), gh, gw};

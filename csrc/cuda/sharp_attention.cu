@@ -36,6 +36,7 @@
 
 #include <string_view>
 
+#include "../common/host.h"
 #include "../common/op_args.h"
 #include "../common/philox.h"
 #include "../common/sharp_mask.h"
@@ -569,12 +570,6 @@ __global__ void __launch_bounds__(kTileThreads)
 // Host side
 // ------------------------------------------------------------------------------------------
 
-template <typename acc_t>
-MaskParams<acc_t> make_params(double tau, double eps, c10::string_view mode, bool residual) {
-  return MaskParams<acc_t>{static_cast<acc_t>(1.0 / tau), static_cast<acc_t>(eps),
-                           parse_mask_mode(std::string_view(mode.data(), mode.size())), residual};
-}
-
 PlaneShape plane_shape(const at::Tensor& t) {
   return PlaneShape{t.size(0) * t.size(1), t.size(1), t.size(3), t.size(2) * t.size(3)};
 }
@@ -586,8 +581,6 @@ StridedMap<scalar_t> optional_map(at::Tensor& v, bool present) {
                  : StridedMap<scalar_t>{nullptr, 0, 0, 0, 0};
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const at::Tensor& t, const c10::optional<at::Tensor>& x_opt, double tau, int64_t seed,
     int64_t offset, c10::string_view mode, bool residual, double eps, bool return_mask,
@@ -597,7 +590,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   const bool separate_x = x_opt.has_value();
   c10::cuda::CUDAGuard guard(t.device());
   const PlaneShape s = plane_shape(t);
-  const auto acc_dtype = t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_dtype = accumulation_dtype(t);
   at::Tensor out = at::empty_like(t);
   at::Tensor mask = return_mask ? at::empty_like(t) : at::empty({0}, t.options());
   at::Tensor stats = at::empty({t.size(0), t.size(1), 2}, t.options().dtype(acc_dtype));

@@ -19,6 +19,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../common/host.h"
 #include "../common/op_args.h"
 #include "plane_access.cuh"
 
@@ -27,12 +28,6 @@ namespace {
 
 constexpr int64_t kChunk = 8192;
 constexpr int kThreads = 256;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-at::ScalarType acc_dtype(const at::Tensor& a) {
-  return a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 // One item = one chunk of one plane. chunks == 1: tv[p] directly; else partial[item] (double).
 template <typename scalar_t, typename acc_t>
@@ -89,7 +84,7 @@ at::Tensor tv_per_plane(const at::Tensor& a) {
   check_feature_map(a, "a");
   c10::cuda::CUDAGuard guard(a.device());
   const PlaneShape s = plane_shape(a);
-  at::Tensor tv = at::empty({a.size(0), a.size(1)}, a.options().dtype(acc_dtype(a)));
+  at::Tensor tv = at::empty({a.size(0), a.size(1)}, a.options().dtype(accumulation_dtype(a)));
   if (s.P == 0 || s.HW == 0) return tv.zero_();
   const int64_t H = a.size(2);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from .. import _checks, _module_op, backends, reference
+from .. import _checks, backends, reference
 from .. import functional as F
 
 TRAIN_MODES = ("sample", "hard")
@@ -92,7 +92,7 @@ class SharpMask(nn.Module):
         name = backends.resolve(self.backend, t.device)
         # The deterministic "mean" mask uses no noise: draw none, so that evaluating a model leaves
         # the random stream of its training untouched.
-        rng = _module_op.draw_rng() if self.mode != "mean" else torch.zeros(2, dtype=torch.int64)
+        rng = F.draw_rng() if self.mode != "mean" else torch.zeros(2, dtype=torch.int64)
         if self.bounded:
             seed, offset = rng.tolist()
             return bounded_sharp_attention(t, x, tau=self.tau, seed=seed, offset=offset, mode=self.mode,
@@ -107,7 +107,7 @@ class SharpMask(nn.Module):
                                        return_mask=True, return_tv=return_tv, backend=name)
             out, mask, tv = result if return_tv else (*result, None)
         else:
-            out, mask, tv = _module_op.sharp_attention(
+            out, mask, tv = F.sharp_attention_tensor_args(
                 t, x, self._tau, rng, mode=self.mode, residual=residual, eps=self.eps,
                 return_mask=return_mask, return_tv=return_tv, backend=name)
         return out, (mask if return_mask else None), tv

@@ -101,7 +101,7 @@ def test_recording_gradients_separates_the_mask_path(context):
     torch.manual_seed(7)
     t = block.stage(inp).detach()
     x = (block.context(t) if context else t).detach().requires_grad_(True)
-    seed, offset = sharpattn._module_op.draw_rng().tolist()
+    seed, offset = sharpattn.functional.draw_rng().tolist()
     expected = torch.autograd.grad((w * t * sharpattn.reference.sharp_mask(x, tau=1.0, seed=seed,
                                                                            offset=offset)).sum(), x)[0]
     torch.testing.assert_close(rec["mask_input"], expected, rtol=1e-4, atol=1e-5)

@@ -1,10 +1,11 @@
-"""Grid occlusion of AAA-Net (SPEC section 4): the registered ops and the public functions.
+"""Grid occlusion of AAA-Net (SPEC section 4): fake kernels, autograd, backends, public
+functions.
 
-Each compiled backend exposes four ops in the `sharpattn` namespace:
+Registered ops:
 
-  cpu, cuda  sharpattn::grid_occlusion{,_backward}, grid_occlusion_pool{,_backward}   (csrc/)
-  triton     sharpattn::triton_grid_occlusion{,_backward}, triton_grid_occlusion_pool{,_backward}
-                                                  (Python custom ops over sharpattn.kernels)
+  sharpattn::grid_occlusion{,_backward}, grid_occlusion_pool{,_backward}   cpu, cuda (sharpattn._C)
+  sharpattn::triton_grid_occlusion{,_backward}, triton_grid_occlusion_pool{,_backward}
+                                                                  triton (sharpattn.kernels)
 
 All four are linear in their tensor argument, and each backward op is the adjoint of its forward
 op, so the backward of a backward op is the forward op again: gradients of any order work.
@@ -17,7 +18,8 @@ import numbers
 import torch
 from torch import Tensor
 
-from . import _checks, _extension, backends, reference
+from .. import _checks, backends, reference
+from . import _registry
 
 __all__ = ["grid_occlusion", "grid_occlusion_pool"]
 
@@ -43,6 +45,38 @@ def _fake_pool(x, gh, gw):
 
 def _fake_pool_backward(grad, x, gh, gw):
     return torch.empty_like(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Triton backend
+# --------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("sharpattn::triton_grid_occlusion", mutates_args=())
+def _triton_occlusion(x: Tensor, gh: int, gw: int) -> Tensor:
+    from ..kernels import grid_occlusion
+
+    return grid_occlusion.grid_occlusion(x, gh, gw)
+
+
+@torch.library.custom_op("sharpattn::triton_grid_occlusion_backward", mutates_args=())
+def _triton_occlusion_backward(grad: Tensor, gh: int, gw: int) -> Tensor:
+    from ..kernels import grid_occlusion
+
+    return grid_occlusion.grid_occlusion_backward(grad, gh, gw)
+
+
+@torch.library.custom_op("sharpattn::triton_grid_occlusion_pool", mutates_args=())
+def _triton_pool(x: Tensor, gh: int, gw: int) -> Tensor:
+    from ..kernels import grid_occlusion
+
+    return grid_occlusion.grid_occlusion_pool(x, gh, gw)
+
+
+@torch.library.custom_op("sharpattn::triton_grid_occlusion_pool_backward", mutates_args=())
+def _triton_pool_backward(grad: Tensor, x: Tensor, gh: int, gw: int) -> Tensor:
+    from ..kernels import grid_occlusion
+
+    return grid_occlusion.grid_occlusion_pool_backward(grad, x, gh, gw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,57 +122,15 @@ def _register(prefix: str) -> None:
                                     setup_context=save_grid)
 
 
-@torch.library.custom_op("sharpattn::triton_grid_occlusion", mutates_args=())
-def triton_grid_occlusion(x: Tensor, gh: int, gw: int) -> Tensor:
-    from .kernels import grid_occlusion
-
-    return grid_occlusion.grid_occlusion(x, gh, gw)
-
-
-@torch.library.custom_op("sharpattn::triton_grid_occlusion_backward", mutates_args=())
-def triton_grid_occlusion_backward(grad: Tensor, gh: int, gw: int) -> Tensor:
-    from .kernels import grid_occlusion
-
-    return grid_occlusion.grid_occlusion_backward(grad, gh, gw)
-
-
-@torch.library.custom_op("sharpattn::triton_grid_occlusion_pool", mutates_args=())
-def triton_grid_occlusion_pool(x: Tensor, gh: int, gw: int) -> Tensor:
-    from .kernels import grid_occlusion
-
-    return grid_occlusion.grid_occlusion_pool(x, gh, gw)
-
-
-@torch.library.custom_op("sharpattn::triton_grid_occlusion_pool_backward", mutates_args=())
-def triton_grid_occlusion_pool_backward(grad: Tensor, x: Tensor, gh: int, gw: int) -> Tensor:
-    from .kernels import grid_occlusion
-
-    return grid_occlusion.grid_occlusion_pool_backward(grad, x, gh, gw)
-
-
-def _compiled_has_grid_ops() -> bool:
-    # A sharpattn._C built before these ops existed loads fine but lacks them.
-    return _extension.compiled() and hasattr(torch.ops.sharpattn, "grid_occlusion")
-
-
 _register("triton_")
-COMPILED = _compiled_has_grid_ops()
-if COMPILED:
+if _registry.compiled_has("grid_occlusion"):
     _register("")
-
-
-def _op(backend: str, name: str):
-    if backend == "triton":
-        return getattr(torch.ops.sharpattn, "triton_" + name)
-    if not COMPILED:
-        raise RuntimeError("sharpattn: this build of sharpattn._C has no grid occlusion kernels; "
-                           "rebuild it (pip install --no-build-isolation -e .) or use "
-                           "backend='triton' or 'reference'")
-    return getattr(torch.ops.sharpattn, name)
+OCCLUSION = _registry.backend_table("grid_occlusion")
+POOL = _registry.backend_table("grid_occlusion_pool")
 
 
 # --------------------------------------------------------------------------------------------
-# Public functions
+# Public functions (re-exported by sharpattn.functional)
 # --------------------------------------------------------------------------------------------
 
 def _grid(grid, x: Tensor) -> tuple[int, int]:
@@ -171,7 +163,7 @@ def grid_occlusion(x: Tensor, grid=(4, 4), *, backend: str | None = None) -> Ten
     name = backends.resolve(backend, x.device)
     if name == "reference":
         return reference.grid_occlusion(x, (gh, gw))
-    return _op(name, "grid_occlusion")(x, gh, gw)
+    return _registry.pick(OCCLUSION, name, "grid occlusion")(x, gh, gw)
 
 
 def grid_occlusion_pool(x: Tensor, grid=(4, 4), *, backend: str | None = None) -> Tensor:
@@ -186,4 +178,4 @@ def grid_occlusion_pool(x: Tensor, grid=(4, 4), *, backend: str | None = None) -
     name = backends.resolve(backend, x.device)
     if name == "reference":
         return reference.grid_occlusion_pool(x, (gh, gw))
-    return _op(name, "grid_occlusion_pool")(x, gh, gw)
+    return _registry.pick(POOL, name, "grid occlusion")(x, gh, gw)
