@@ -16,7 +16,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .. import _grid_ops
+from .. import functional
 from . import aaa_maps
 
 MODULE_CHANNELS = {2: 256, 3: 512, 4: 1024, 5: 2048}
@@ -198,14 +198,14 @@ class AAANetResNet50(nn.Module):
         n = f_r.shape[0]
         with self._scoring_mode():
             if self.occlusion_after == 5:
-                pooled = _grid_ops.grid_occlusion_pool(f_r, self.grid)  # (N, G, 2048)
+                pooled = functional.grid_occlusion_pool(f_r, self.grid)  # (N, G, 2048)
                 probs = true_class_probability(self.classify(pooled),
                                                targets.unsqueeze(1).expand(n, pooled.shape[1]))
             else:
                 parts = []
                 step = n if chunk is None else chunk
                 for start in range(0, n, step):
-                    copies = _grid_ops.grid_occlusion(f_r[start:start + step], self.grid)
+                    copies = functional.grid_occlusion(f_r[start:start + step], self.grid)
                     m, g = copies.shape[:2]
                     logits = self.classify(self.rest(copies.flatten(0, 1))).view(m, g, -1)
                     del copies
