@@ -107,3 +107,11 @@ def test_the_demo_config_runs(tmp_path, data_root):
     summary = train(cfg, tmp_path / "demo")
     assert [s["name"] for s in summary["stages"]] == ["aaanet/classifier", "aaanet/assignment", "aaanet/adversarial"]
     assert all(s["metrics"]["rank1"] > 0 for s in summary["stages"])
+
+
+def test_resume_with_another_aaanet_model_is_refused(three_stages, tiny_config):
+    from sharpattn.reid.engine import CheckpointError, Trainer
+    out, _ = three_stages
+    stage = _config(tiny_config, "aaanet.occlusion_after=4").stage_configs()[1]
+    with pytest.raises(CheckpointError, match="another model"):
+        Trainer(stage, out / "2_assignment", resume=out / "2_assignment")

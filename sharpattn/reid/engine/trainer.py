@@ -75,7 +75,13 @@ class Trainer(TrainState):
             torch.set_num_threads(cfg.train.threads)
         self.recipe = get_recipe(cfg.recipe)(cfg, self.device, self.world)
         self.resume_ckpt = load_checkpoint(resume) if resume else None
-        self.spec = self.resume_ckpt["model_spec"] if self.resume_ckpt is not None else None
+        self.spec = None  # built with the dataset (a classifier's size is the dataset's)
+        if self.resume_ckpt is not None:  # refuse another model now, before anything is built
+            self.spec = self.recipe.model_spec(None)
+            saved = self.resume_ckpt["model_spec"].get("kwargs", {})
+            for key in self.recipe.dataset_keys:
+                self.spec["kwargs"][key] = saved.get(key)
+            check_model_spec(self.resume_ckpt, self.spec)
 
     def log(self, *a):
         if self.main:
@@ -90,7 +96,7 @@ class Trainer(TrainState):
         if cfg.data.num_identities > self.dataset.num_train_pids:
             raise ValueError(f"data.num_identities={cfg.data.num_identities} but {self.dataset.name} has only "
                              f"{self.dataset.num_train_pids} training identities")
-        self.spec = self.recipe.model_spec(self.dataset)  # a classifier's size is the dataset's
+        self.spec = self.recipe.model_spec(self.dataset)
         if self.resume_ckpt is not None:
             check_model_spec(self.resume_ckpt, self.spec)
         self.sampler = self.recipe.build_sampler(self.dataset)

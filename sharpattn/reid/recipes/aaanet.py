@@ -71,6 +71,7 @@ class AAANetRecipe(Recipe):
     name = "aaanet"
     stat_keys = ("loss", "ce", "attention", "adversarial", "gated", "accuracy")
     progress_keys = ("loss", "accuracy")
+    dataset_keys = ("num_classes",)
 
     def __init__(self, cfg, device, world=1):
         super().__init__(cfg, device, world)
@@ -81,7 +82,7 @@ class AAANetRecipe(Recipe):
     # -- building ----------------------------------------------------------------------------
     def model_spec(self, dataset):
         o = self.cfg.section("aaanet")
-        kwargs = {"num_classes": dataset.num_train_pids, "occlusion_after": o.occlusion_after,
+        kwargs = {"num_classes": None if dataset is None else dataset.num_train_pids, "occlusion_after": o.occlusion_after,
                   "dropout": o.dropout, "grid": list(o.grid), "weights": self.cfg.model.weights}
         kwargs.update({k: getattr(o, k) for k in MODEL_OPTIONS if getattr(o, k) is not None})
         return {"arch": "aaanet_resnet50", "kwargs": kwargs}

@@ -49,6 +49,9 @@ class Recipe:
     stat_keys = ("loss",)
     #: the statistics the progress bar shows
     progress_keys = ("loss",)
+    #: model_spec kwargs that come from the dataset (left out of the check of a resumed run's
+    #: model before the dataset is read; checked after)
+    dataset_keys = ()
 
     def __init__(self, cfg, device, world=1):
         self.cfg, self.device, self.world = cfg, device, world
@@ -58,7 +61,8 @@ class Recipe:
 
     # -- building ----------------------------------------------------------------------------
     def model_spec(self, dataset):
-        """What ``build_model`` builds; stored in checkpoints (resume checks it)."""
+        """What ``build_model`` builds; stored in checkpoints (resume checks it). ``dataset`` is
+        None when resuming checks the spec before reading the data (see ``dataset_keys``)."""
         return model_spec(self.cfg.model)
 
     def build_model(self, spec):
