@@ -177,7 +177,8 @@ def run_eval(args):
     from .report import write_pictures
     from .evaluation.metric_eval import (evaluate_metrics, file_digest, metrics_table, resolve_metric_names,
                               uses_learned_metrics)
-    from .modeling import build_model, model_spec
+    from .modeling import build_model
+    from .recipes import get_recipe
 
     if args.metric:
         resolve_metric_names(args.metric)  # a typo fails before anything is loaded
@@ -185,7 +186,8 @@ def run_eval(args):
     cfg = config_from_dict(ckpt["config"], origin=ckpt["path"])
     apply_overrides(cfg, _shortcuts(args))
     cfg.validate()
-    check_model_spec(ckpt, model_spec(cfg.model))
+    recipe = get_recipe(cfg.recipe)(cfg, torch.device("cpu"))
+    check_model_spec(ckpt, recipe.spec_before_data(ckpt["model_spec"]))
     device = resolve_device(cfg.train.device)
     model = build_model(ckpt["model_spec"]).to(device)
     load_model_state(model, ckpt["model"], ckpt["path"])

@@ -115,3 +115,15 @@ def test_resume_with_another_aaanet_model_is_refused(three_stages, tiny_config):
     stage = _config(tiny_config, "aaanet.occlusion_after=4").stage_configs()[1]
     with pytest.raises(CheckpointError, match="another model"):
         Trainer(stage, out / "2_assignment", resume=out / "2_assignment")
+
+
+def test_eval_of_a_stage_checkpoint(three_stages, tmp_path, capsys):
+    from sharpattn.reid.cli import eval_main
+    out, _ = three_stages
+    best = out / "3_adversarial" / "best.pt"
+    assert eval_main([str(best), "-o", str(tmp_path / "eval"), "--metric", "euclidean"]) == 0
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+    # KISSME's PCA needs more training images than the tiny set has: a user error, not a traceback.
+    assert eval_main([str(best), "-o", str(tmp_path / "eval2"), "--metric", "kissme"]) == 2
+    err = capsys.readouterr().err
+    assert "kissme cannot be fitted" in err and "Traceback" not in err

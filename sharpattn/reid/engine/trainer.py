@@ -77,10 +77,7 @@ class Trainer(TrainState):
         self.resume_ckpt = load_checkpoint(resume) if resume else None
         self.spec = None  # built with the dataset (a classifier's size is the dataset's)
         if self.resume_ckpt is not None:  # refuse another model now, before anything is built
-            self.spec = self.recipe.model_spec(None)
-            saved = self.resume_ckpt["model_spec"].get("kwargs", {})
-            for key in self.recipe.dataset_keys:
-                self.spec["kwargs"][key] = saved.get(key)
+            self.spec = self.recipe.spec_before_data(self.resume_ckpt["model_spec"])
             check_model_spec(self.resume_ckpt, self.spec)
 
     def log(self, *a):

@@ -124,7 +124,11 @@ def evaluate_metrics(model, dataset, cfg, device, names, progress=True, ten_crop
         else:
             metric = build_metric(name)
             t0 = time.perf_counter()
-            metric.fit(*(train if train is not None else (features[0][0],)), progress=progress)
+            try:
+                metric.fit(*(train if train is not None else (features[0][0],)), progress=progress)
+            except ValueError as e:  # e.g. too few training images for KISSME's PCA
+                raise ConfigError(f"{name} cannot be fitted on {cfg.data.name}'s training split ({e}); leave it "
+                                  f"out with --metric / eval.metrics") from e
             seconds = time.perf_counter() - t0
             row, _ = evaluate(model, dataset, cfg, device, metric=metric, **common)
             info = {k: v for k, v in metric.info.items() if k != "eigenvalues"}

@@ -65,6 +65,14 @@ class Recipe:
         None when resuming checks the spec before reading the data (see ``dataset_keys``)."""
         return model_spec(self.cfg.model)
 
+    def spec_before_data(self, saved_spec):
+        """The spec to check a checkpoint's against before the dataset is read: ``model_spec``
+        with its ``dataset_keys`` taken from the checkpoint (resume and ``sharpattn-eval``)."""
+        spec = self.model_spec(None)
+        for key in self.dataset_keys:
+            spec["kwargs"][key] = saved_spec.get("kwargs", {}).get(key)
+        return spec
+
     def build_model(self, spec):
         return build_model(spec)
 
