@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from sharpattn.models.aaanet import true_class_probability
 
-from ..config import register_section
+from ..config import ConfigError, register_section
 from ..losses import aaa_adversarial_loss, attention_assignment_loss
 from .base import Recipe
 from .registry import register_recipe
@@ -76,6 +76,11 @@ class AAANetRecipe(Recipe):
     def __init__(self, cfg, device, world=1):
         super().__init__(cfg, device, world)
         self.options = cfg.section("aaanet")
+        if world > 1:
+            # The steps call the model's parts (middle, rest, classify, attention), which a DDP
+            # wrapper does not see: its gradients would not be averaged. Refused, not wrong.
+            raise ConfigError("recipe aaanet trains in one process: torchrun with several processes is not "
+                              "supported yet (its steps bypass DistributedDataParallel's forward)")
         if self.options.stage not in STAGES:
             raise ValueError(f"aaanet.stage must be one of {', '.join(STAGES)}, got {self.options.stage!r}")
 
