@@ -42,5 +42,16 @@ def pick(table: dict, backend: str, name: str):
 
 
 def no_double_backward(ctx, *grads):
-    raise RuntimeError("sharpattn: double backward (gradients of gradients) of sharp_attention "
+    raise RuntimeError("sharpattn: double backward (gradients of gradients) of sharpattn's ops "
                        "is not supported; use backend='reference' if you need it")
+
+
+def register_pair(forward_name: str, backward_name: str, fake_forward, fake_backward, backward,
+                  setup_context) -> None:
+    """Fake kernels of a forward op and its backward op, the forward's autograd, and the refusal
+    of double backward on the backward op: the shape every differentiable op shares."""
+    torch.library.register_fake(f"sharpattn::{forward_name}")(fake_forward)
+    torch.library.register_fake(f"sharpattn::{backward_name}")(fake_backward)
+    torch.library.register_autograd(f"sharpattn::{forward_name}", backward, setup_context=setup_context)
+    torch.library.register_autograd(f"sharpattn::{backward_name}", no_double_backward,
+                                    setup_context=lambda ctx, inputs, output: None)

@@ -95,13 +95,8 @@ def _register(prefix: str) -> None:
         grad_t, grad_x = backward_op(grad_out, grad_tv, t, x, stats, *ctx.attrs)
         return (grad_t, grad_x if x is not None else None) + (None,) * 8
 
-    torch.library.register_fake(f"sharpattn::{forward_name}")(_fake_forward)
-    torch.library.register_fake(f"sharpattn::{backward_name}")(_fake_backward)
-    torch.library.register_autograd(f"sharpattn::{forward_name}", backward,
-                                    setup_context=setup_context)
-    torch.library.register_autograd(f"sharpattn::{backward_name}",
-                                    _registry.no_double_backward,
-                                    setup_context=lambda ctx, inputs, output: None)
+    _registry.register_pair(forward_name, backward_name, _fake_forward, _fake_backward, backward,
+                            setup_context)
 
 
 _register("triton_")
