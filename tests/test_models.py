@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch._dynamo.testing
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import sharpattn
+from gloo_spawn import finish_gloo, init_gloo, spawn
 from sharpattn.models import (context_unit_parameters, extra_parameters, parameter_report,
                               san_resnet50)
 
@@ -186,8 +186,8 @@ def test_whole_model_compiles_once_across_the_temperature_schedule():
 
 
 def _ddp_worker(rank, world, init_file, result_file):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+    torch.set_num_threads(1)  # two processes share the machine's cores
+    init_gloo(rank, world, init_file)
     torch.manual_seed(0)  # same initial weights on both ranks
     model = san_resnet50(blocks=(1, 2), context=(1,))
     ddp = torch.nn.parallel.DistributedDataParallel(model)
@@ -202,13 +202,12 @@ def _ddp_worker(rank, world, init_file, result_file):
         torch.save({"same": all(torch.equal(g, gathered[0]) for g in gathered),
                     "nonzero": bool(grads.abs().sum() > 0),
                     "tv": float(sharpattn.tv_penalty(ddp))}, result_file)
-    dist.barrier()  # no rank tears the group down while another still uses it
-    dist.destroy_process_group()
+    finish_gloo()
 
 
 def test_ddp_gloo_two_processes(tmp_path):
     result = tmp_path / "result.pt"
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(result)), nprocs=2, join=True)
+    spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(result)))
     outcome = torch.load(result, weights_only=True)
     assert outcome["same"] and outcome["nonzero"] and outcome["tv"] > 0
 

@@ -1,15 +1,15 @@
 """DDP on the CPU: gloo, 2 processes (torch.multiprocessing.spawn)."""
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))
+from gloo_spawn import finish_gloo, init_gloo, spawn  # noqa: E402
 CLIP = 1e-3  # far below the tiny model's gradient norm: the clip fires
 
 
@@ -17,15 +17,8 @@ def _init(rank, world, init_file):
     # A file rendezvous, not a TCP store hosted by rank 0: rank 0 exiting first cannot then cut
     # rank 1's store connection during teardown (which aborted rank 1 now and then).
     sys.path.insert(0, str(HERE))
-    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
-
-
-def _finish():
-    dist.barrier()  # no rank tears the group down while another still uses it
-    dist.destroy_process_group()
+    init_gloo(rank, world, init_file)
 
 
 def _tiny_cfg(extra=()):
@@ -64,13 +57,12 @@ def _loss_worker(rank, world, init_file, out_dir):
         torch.save({"stats": dict(st), "grads": grads, "norm": norm, "clipped": clipped,
                     "clipped_grads": clipped_grads}, Path(out_dir) / f"rank{rank}.pt")
     finally:
-        _finish()
+        finish_gloo()
 
 
 def test_ddp_loss_and_gradients_match_one_process_on_the_whole_batch(tmp_path):
     # 2 processes with 8 images each mine over all 16 embeddings; one process sees all 16.
-    mp.spawn(_loss_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2,
-             join=True)
+    spawn(_loss_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)))
     sys.path.insert(0, str(HERE))
     from sharpattn.reid.recipes import compute_loss
     from sharpattn.reid.modeling import build_model, model_spec
@@ -107,13 +99,12 @@ def _train_worker(rank, world, init_file, data_root, out_dir):
         if rank == 0:
             torch.save({"mAP": summary["metrics"]["mAP"]}, Path(out_dir) / "done.pt")
     finally:
-        _finish()
+        finish_gloo()
 
 
 def test_ddp_training_run(tmp_path, data_root):
     out = tmp_path / "run"
-    mp.spawn(_train_worker, args=(2, str(tmp_path / "rendezvous"), str(data_root), str(out)),
-             nprocs=2, join=True)
+    spawn(_train_worker, args=(2, str(tmp_path / "rendezvous"), str(data_root), str(out)))
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2 and ckpt["epoch"] == 2
     assert torch.load(out / "done.pt", weights_only=True)["mAP"] >= 0
