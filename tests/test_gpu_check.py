@@ -1,0 +1,217 @@
+"""scripts/gpu_check.sh, as far as a machine without a GPU can check it, in seconds: the shell
+parses, the plan for an H100/H200 holds every required step with a timeout and the right
+command, a CPU machine skips the GPU steps saying why, and the runner enforces timeouts and the
+budget, keeps going past a failure and runs a phase side by side. Nothing is built here."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = ROOT / "scripts" / "gpu_check"
+sys.path.insert(0, str(HERE))
+import plan  # noqa: E402
+import runner  # noqa: E402
+
+REQUIRED = ["build", "env", "tests", "memcheck", "racecheck", "initcheck", "synccheck", "ddp",
+            "bench-targets", "bench-models", "bench-ops-block1", "bench-ops-blocks2-4", "report"]
+DEVICE_COMMAND_LIMIT_S = 600  # the lent GPU machine's limit on one command
+
+
+def h200(**kw):
+    fields = dict(python="python3", gpus=1, capability="9.0", gpu_name="NVIDIA H200",
+                  sanitizer="/usr/local/cuda/bin/compute-sanitizer", xdist=True,
+                  pytest_timeout=True, nproc=16)
+    fields.update(kw)
+    return plan.Machine(**fields)
+
+
+def by_name(steps):
+    return {s.name: s for s in steps}
+
+
+def test_the_shell_script_parses():
+    subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu_check.sh")], check=True)
+
+
+def test_the_gpu_plan_runs_every_required_step_with_its_command():
+    steps = plan.steps(h200(), ROOT / "benchmarks/results/gpu-check/x")
+    assert [s.name for s in steps] == REQUIRED
+    s = by_name(steps)
+    assert not any(step.skip for step in steps)
+    assert all(0 < step.timeout_s <= DEVICE_COMMAND_LIMIT_S for step in steps)
+    assert "pip install --no-index --no-build-isolation --no-deps -e ." in _cmd(s["build"])
+    assert s["build"].env["TORCH_CUDA_ARCH_LIST"] == "9.0"
+    assert "-m pytest tests -m 'cuda or triton'" in _cmd(s["tests"])
+    for tool in plan.SANITIZER_TOOLS:
+        assert _cmd(s[tool]).startswith(f"/usr/local/cuda/bin/compute-sanitizer --tool {tool} ")
+        assert "-m pytest" in _cmd(s[tool]) and s[tool].env["PYTORCH_NO_CUDA_MEMORY_CACHING"] == "1"
+    assert "torch.distributed.run --standalone --nproc_per_node 2" in _cmd(s["ddp"])
+    assert "gloo with CUDA tensors" in s["ddp"].note
+    assert "benchmarks.run ops" in _cmd(s["bench-targets"]) and "compile" in _cmd(s["bench-targets"])
+    assert "--blocks 1 " in _cmd(s["bench-ops-block1"])
+    assert "--blocks 2,3,4 " in _cmd(s["bench-ops-blocks2-4"])
+    assert "benchmarks.run models" in _cmd(s["bench-models"])
+    assert "benchmarks.report" in _cmd(s["report"])
+    # every result inside the run's folder, given relative to the repository root
+    for name in ("bench-targets", "bench-models", "bench-ops-block1", "bench-ops-blocks2-4"):
+        assert "--out benchmarks/results/gpu-check/x/bench " in _cmd(s[name])
+    assert "--junitxml=benchmarks/results/gpu-check/x/junit.xml" in _cmd(s["tests"])
+    for script in ("scripts/gpu_check/env_info.py", "scripts/gpu_check/ddp_check.py",
+                   *plan.SANITIZER_FILES):
+        assert (ROOT / script).is_file()
+
+
+def _cmd(step):
+    import shlex
+    return shlex.join(step.argv)
+
+
+def test_the_estimated_gpu_run_fits_the_budget_and_the_device_limit():
+    steps = plan.steps(h200(), Path("out"))
+    wall = sum(max(plan.EXPECTED_GPU_S[s.name] for s in batch)
+               for batch in runner.batches(steps))
+    assert set(plan.EXPECTED_GPU_S) == set(REQUIRED)
+    assert wall <= plan.GPU_BUDGET_S < DEVICE_COMMAND_LIMIT_S
+    phases = [[s.name for s in b] for b in runner.batches(steps) if len(b) > 1]
+    assert phases == [["tests", "memcheck", "racecheck", "initcheck", "synccheck", "ddp"]]
+    assert runner.batches(steps, serial=True) == [[s] for s in steps]
+
+
+def test_a_cpu_machine_skips_the_gpu_steps_saying_why():
+    steps = by_name(plan.steps(h200(gpus=0, capability="", sanitizer=None, nproc=2), Path("o")))
+    runs = {n for n, s in steps.items() if not s.skip}
+    assert runs == {"build", "env", "tests", "ddp"}
+    assert steps["build"].env["SHARPATTN_FORCE_CPU"] == "1"
+    assert "-n" not in steps["tests"].argv  # no xdist without a GPU
+    assert all(steps[t].skip == "no GPU on this machine" for t in plan.SANITIZER_TOOLS)
+    assert steps["report"].skip and steps["bench-models"].skip
+    assert steps["ddp"].note == "gloo on the CPU (no GPU)"
+
+
+def test_a_gpu_machine_without_compute_sanitizer_skips_only_the_sanitizers():
+    steps = by_name(plan.steps(h200(sanitizer=None), Path("o")))
+    assert {n for n, s in steps.items() if s.skip} == set(plan.SANITIZER_TOOLS)
+    assert "compute-sanitizer not found" in steps["memcheck"].skip
+    old = by_name(plan.steps(h200(sanitizer_kernel_filter=False), Path("o")))
+    assert "--kernel-name" not in old["racecheck"].argv and "no --kernel-name" in old["racecheck"].note
+
+
+def test_steps_and_groups_are_selected_in_plan_order():
+    steps = plan.steps(h200(), Path("o"))
+    names = [s.name for s in plan.select(steps, ["ddp", "sanitizers"])]
+    assert names == ["build", "env", "memcheck", "racecheck", "initcheck", "synccheck", "ddp"]
+    assert [s.name for s in plan.select(steps, ["report"])] == ["env", "report"]
+    assert "build" not in [s.name for s in plan.select(steps, ["tests"], build=False)]
+    assert [s.name for s in plan.select(steps, [])] == REQUIRED
+    with pytest.raises(ValueError, match="unknown step 'sanitiser'"):
+        plan.select(steps, ["sanitiser"])
+
+
+def test_the_sanitizer_subset_reaches_every_kernel_family():
+    out = subprocess.run([sys.executable, "-m", "pytest", *plan.SANITIZER_FILES, "-m", "cuda",
+                          "-k", plan.SANITIZER_K, "--collect-only", "-q", "-p", "no:cacheprovider"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300).stdout
+    ids = [line for line in out.splitlines() if "::" in line]
+    assert 20 <= len(ids) <= 60, out[-2000:]
+    assert all("[cuda-cuda" in i and "64bit" not in i for i in ids)
+    for needle in ("test_sharp_attention.py", "large_plane_tiled_path", "channels_last",
+                   "test_tv.py::test_fused_tv", "test_grid_occlusion.py::test_pool",
+                   "test_philox.py"):
+        assert any(needle in i for i in ids), needle
+
+
+def test_the_plan_command_prints_every_step_and_runs_nothing(tmp_path):
+    out = tmp_path / "never-made"
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_OUT=str(out))
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--plan",
+                          "--assume-gpu"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    for name in REQUIRED:
+        assert f"  {name} " in res.stdout
+    assert "estimated wall time on one H200" in res.stdout and not out.exists()
+    bad = subprocess.run([sys.executable, str(HERE / "main.py"), "--plan", "--assume-gpu",
+                          "nosuchstep"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown step 'nosuchstep'" in bad.stderr
+
+
+def _sh(name, script, timeout_s=30, phase=""):
+    return plan.Step(name, ["sh", "-c", script], timeout_s, phase=phase)
+
+
+def _run(tmp_path, steps, **kw):
+    summary = runner.Summary(tmp_path, ["header"])
+    status = runner.run_steps(steps, tmp_path, summary, cwd=tmp_path, **kw)
+    return status, {r["step"]: r for r in summary.rows}, (tmp_path / "summary.txt").read_text()
+
+
+def test_the_runner_stops_a_hung_step_and_keeps_going_past_a_failure(tmp_path):
+    start = time.monotonic()
+    status, rows, text = _run(tmp_path, [
+        _sh("fails", "echo broken; exit 3"),
+        # a child in the background too: the whole process group must go
+        _sh("hangs", "sleep 120 & sleep 120", timeout_s=1),
+        _sh("passes", "echo fine"),
+        plan.Step("skipped", ["true"], 5, skip="no GPU on this machine"),
+    ])
+    assert time.monotonic() - start < 30
+    assert status == 1
+    assert rows["fails"]["status"] == "failed" and rows["fails"]["rc"] == 3
+    assert rows["hangs"]["status"] == "timeout"
+    assert rows["passes"]["status"] == "ok"
+    assert rows["skipped"]["status"] == "skipped"
+    assert "broken" in (tmp_path / "fails.log").read_text()
+    assert "FAILED (exit 3)" in text and "TIMEOUT" in text and "SKIPPED: no GPU" in text
+    assert "total:" in text and "exit 1" in text
+
+
+def test_the_runner_passes_when_every_step_that_ran_passed(tmp_path):
+    status, rows, _ = _run(tmp_path, [_sh("a", "true"),
+                                      plan.Step("b", ["true"], 5, skip="not here")])
+    assert status == 0 and rows["a"]["status"] == "ok"
+
+
+def test_a_phase_runs_side_by_side(tmp_path):
+    # "waits" can only pass if "signals" runs while it waits; one at a time it times out.
+    steps = [_sh("waits", "i=0; while [ ! -f flag ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; "
+                          "sleep 0.1; done", phase="p"),
+             _sh("signals", "touch flag", phase="p")]
+    status, rows, _ = _run(tmp_path, steps)
+    assert status == 0 and rows["waits"]["status"] == "ok"
+
+
+def test_the_budget_caps_steps_and_keeps_the_report_its_reserve(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "MIN_STEP_S", 1)
+    status, rows, text = _run(tmp_path, [_sh("slow", "sleep 60", timeout_s=100),
+                                         _sh("cut", "true"),
+                                         _sh("report", "echo report")],
+                              budget_s=4, report_reserve_s=2)
+    assert rows["slow"]["status"] == "timeout" and rows["slow"]["limit_s"] <= 2
+    assert rows["cut"]["status"] == "skipped" and "budget" in rows["cut"]["reason"]
+    assert rows["report"]["status"] == "ok"
+    assert status == 1
+
+
+def test_before_step_can_skip_a_step_at_run_time(tmp_path):
+    status, rows, _ = _run(tmp_path, [_sh("build", "exit 9")],
+                           before_step=lambda s: "already current" if s.name == "build" else None)
+    assert status == 0 and rows["build"]["status"] == "skipped"
+    assert rows["build"]["reason"] == "already current"
+
+
+def test_the_ddp_check_picks_its_process_group_by_the_gpus_present(monkeypatch):
+    spec = importlib.util.spec_from_file_location("ddp_check", HERE / "ddp_check.py")
+    ddp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ddp)
+    for gpus, expected in ((0, "gloo-cpu"), (1, "gloo-cuda"), (2, "nccl"), (8, "nccl")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda g=gpus: g > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda g=gpus: g)
+        assert ddp.mode() == expected
+    monkeypatch.setenv("GPU_CHECK_DDP_BACKEND", "gloo")
+    assert ddp.mode() == "gloo-cuda"
