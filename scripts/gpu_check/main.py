@@ -149,6 +149,9 @@ def main(argv=None) -> int:
     if args.plan:
         print_plan(m, steps, out, budget, args.serial)
         return 0
+    # Every step imports sharpattn from this tree, whatever else the interpreter has installed.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench").mkdir(exist_ok=True)
     summary = runner.Summary(out, header(m, out, steps, budget))
