@@ -49,6 +49,7 @@ def test_the_gpu_plan_runs_every_required_step_with_its_command():
     assert "pip install --no-index --no-build-isolation --no-deps -e ." in _cmd(s["build"])
     assert s["build"].env["TORCH_CUDA_ARCH_LIST"] == "9.0"
     assert "-m pytest tests -m 'cuda or triton'" in _cmd(s["tests"])
+    assert "--timeout=240" in s["tests"].argv and "-n" in s["tests"].argv
     for tool in plan.SANITIZER_TOOLS:
         assert _cmd(s[tool]).startswith(f"/usr/local/cuda/bin/compute-sanitizer --tool {tool} ")
         assert "-m pytest" in _cmd(s[tool]) and s[tool].env["PYTORCH_NO_CUDA_MEMORY_CACHING"] == "1"
@@ -90,6 +91,7 @@ def test_a_cpu_machine_skips_the_gpu_steps_saying_why():
     assert runs == {"build", "env", "tests", "ddp"}
     assert steps["build"].env["SHARPATTN_FORCE_CPU"] == "1"
     assert "-n" not in steps["tests"].argv  # no xdist without a GPU
+    assert "--timeout=240" not in steps["tests"].argv  # pyproject's longer limit on a CPU
     assert all(steps[t].skip == "no GPU on this machine" for t in plan.SANITIZER_TOOLS)
     assert steps["report"].skip and steps["bench-models"].skip
     assert steps["ddp"].note == "gloo on the CPU (no GPU)"
@@ -100,7 +102,8 @@ def test_a_gpu_machine_without_compute_sanitizer_skips_only_the_sanitizers():
     assert {n for n, s in steps.items() if s.skip} == set(plan.SANITIZER_TOOLS)
     assert "compute-sanitizer not found" in steps["memcheck"].skip
     old = by_name(plan.steps(h200(sanitizer_kernel_filter=False), Path("o")))
-    assert "--kernel-name" not in old["racecheck"].argv and "no --kernel-name" in old["racecheck"].note
+    assert "--kernel-name" not in old["racecheck"].argv
+    assert "no --kernel-name" in old["racecheck"].note
 
 
 def test_steps_and_groups_are_selected_in_plan_order():
@@ -156,11 +159,13 @@ def test_the_runner_stops_a_hung_step_and_keeps_going_past_a_failure(tmp_path):
     status, rows, text = _run(tmp_path, [
         _sh("fails", "echo broken; exit 3"),
         # a child in the background too: the whole process group must go
-        _sh("hangs", "sleep 120 & sleep 120", timeout_s=1),
+        _sh("hangs", "(sleep 3; touch survived) & sleep 120", timeout_s=1),
         _sh("passes", "echo fine"),
         plan.Step("skipped", ["true"], 5, skip="no GPU on this machine"),
     ])
     assert time.monotonic() - start < 30
+    time.sleep(max(0.0, start + 4 - time.monotonic()))
+    assert not (tmp_path / "survived").exists()  # the background child was stopped too
     assert status == 1
     assert rows["fails"]["status"] == "failed" and rows["fails"]["rc"] == 3
     assert rows["hangs"]["status"] == "timeout"
@@ -215,3 +220,9 @@ def test_the_ddp_check_picks_its_process_group_by_the_gpus_present(monkeypatch):
         assert ddp.mode() == expected
     monkeypatch.setenv("GPU_CHECK_DDP_BACKEND", "gloo")
     assert ddp.mode() == "gloo-cuda"
+
+
+def test_a_build_without_this_architecture_is_not_current():
+    import build_current
+    reason, _ = build_current.why_not(True, "1.0")  # an architecture nobody builds for
+    assert reason is not None and ("sm_1.0" in reason or "did not load" in reason)

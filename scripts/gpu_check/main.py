@@ -125,9 +125,12 @@ def before_step(m, out):
     """Reasons decided just before a step runs, from what the earlier steps left."""
     def check(step):
         if step.name == "build" and os.environ.get("GPU_CHECK_REBUILD") != "1":
-            probe = subprocess.run([m.python, str(ROOT / "scripts/gpu_check/build_current.py"),
-                                    "--cuda" if m.gpus else "--cpu", m.capability],
-                                   cwd=ROOT, capture_output=True, text=True, timeout=120)
+            try:
+                probe = subprocess.run([m.python, str(ROOT / "scripts/gpu_check/build_current.py"),
+                                        "--cuda" if m.gpus else "--cpu", m.capability],
+                                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+            except subprocess.TimeoutExpired:
+                return None  # cannot tell: build
             if probe.returncode == 0:
                 return f"already current: {probe.stdout.strip()} (GPU_CHECK_REBUILD=1 rebuilds)"
         if step.name == "report" and not list((Path(out) / "bench").glob("*.json")):

@@ -166,8 +166,8 @@ def steps(m: Machine, out: Path) -> list[Step]:
     pytest_argv = [py, "-m", "pytest", "tests", "-m", "cuda or triton", "-q",
                    "-p", "no:cacheprovider", "-rs", f"--junitxml={out / 'junit.xml'}"]
     tests_env = {}
-    if m.pytest_timeout:  # one hung test fails with its stack instead of eating the step
-        pytest_argv.append("--timeout=240")
+    if gpu and m.pytest_timeout:  # one hung test fails with its stack, not eating the step
+        pytest_argv.append("--timeout=240")  # (without a GPU: pyproject's 20 minutes)
     if gpu and m.xdist and m.nproc >= 4:
         # Several workers compile Triton kernels side by side; --dist loadfile keeps a file's
         # tests (and its module fixtures) in one worker. Inductor gets few threads per worker.
@@ -189,8 +189,9 @@ def steps(m: Machine, out: Path) -> list[Step]:
                  "-p", "no:cacheprovider"]
         skip = no_gpu or (None if m.sanitizer else
                           "compute-sanitizer not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)")
-        note = "" if m.sanitizer_kernel_filter else \
-            "this compute-sanitizer has no --kernel-name: every kernel instrumented (slower)"
+        note = "exit 86: the tool reported errors (see the log)"
+        if not m.sanitizer_kernel_filter:
+            note += "; this compute-sanitizer has no --kernel-name: every kernel instrumented"
         # No caching allocator: every tensor is its own allocation, so memcheck sees its real
         # bounds and initcheck sees fresh memory instead of a reused block's old contents.
         result.append(Step(tool, argv, timeout(tool), {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"},
