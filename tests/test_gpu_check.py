@@ -5,6 +5,7 @@ budget, keeps going past a failure and runs a phase side by side. Nothing is bui
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -226,3 +227,29 @@ def test_a_build_without_this_architecture_is_not_current():
     import build_current
     reason, _ = build_current.why_not(True, "1.0")  # an architecture nobody builds for
     assert reason is not None and ("sm_1.0" in reason or "did not load" in reason)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_an_interrupted_run_stops_its_steps_and_keeps_its_summary(tmp_path):
+    # Steps run in sessions of their own: interrupting gpu_check must stop them explicitly.
+    def stop(signum, frame):
+        raise _Stop
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    start = time.monotonic()
+    summary = runner.Summary(tmp_path, ["header"])
+    try:
+        with pytest.raises(_Stop):
+            runner.run_steps([_sh("a", "(sleep 3; touch survived) & sleep 120", phase="p"),
+                              _sh("b", "sleep 120", phase="p")], tmp_path, summary, cwd=tmp_path)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    time.sleep(max(0.0, start + 4 - time.monotonic()))
+    assert not (tmp_path / "survived").exists()
+    assert [r["status"] for r in summary.rows] == ["interrupted", "interrupted"]
+    assert "INTERRUPTED" in (tmp_path / "summary.txt").read_text()

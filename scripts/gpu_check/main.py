@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -117,8 +118,8 @@ def header(m, out, steps, budget) -> list[str]:
             f"compute-sanitizer: {m.sanitizer or 'not found'}",
             f"steps: {' '.join(s.name for s in steps)}",
             f"budget: {f'{budget:.0f} s' if budget else 'none'}; results: {out}",
-            "never run on a GPU before this script's first GPU run: read the logs, not only "
-            "the exit codes"]
+            "this script had never run on a GPU before its first GPU run (docs/gpu_check.md): "
+            "read the logs, not only the exit codes"]
 
 
 def before_step(m, out):
@@ -137,6 +138,10 @@ def before_step(m, out):
             return "no benchmark JSON in bench/ (the benchmark steps did not run or failed)"
         return None
     return check
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
@@ -159,9 +164,14 @@ def main(argv=None) -> int:
     (out / "bench").mkdir(exist_ok=True)
     summary = runner.Summary(out, header(m, out, steps, budget))
     print("\n".join(summary.header), flush=True)
-    status = runner.run_steps(steps, out, summary, budget_s=budget, cwd=ROOT,
-                              before_step=before_step(m, out),
-                              report_reserve_s=plan.REPORT_RESERVE_S, serial=args.serial)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the steps too, as Ctrl-C does
+    try:
+        status = runner.run_steps(steps, out, summary, budget_s=budget, cwd=ROOT,
+                                  before_step=before_step(m, out),
+                                  report_reserve_s=plan.REPORT_RESERVE_S, serial=args.serial)
+    except KeyboardInterrupt:
+        print(f"interrupted; what ran is in {out / 'summary.txt'}", flush=True)
+        return 130
     print(f"results: {out}\nsummary: {out / 'summary.txt'}; exit {status}", flush=True)
     if args.tar:
         with tarfile.open(args.tar, "w:gz") as tar:

@@ -53,10 +53,14 @@ class Running:
         if rc is not None:
             self._done("ok" if rc == 0 else "failed", rc)
         elif time.monotonic() - self.start > self.limit_s:
-            _stop_group(self.proc)
+            _stop_groups([self.proc])
             self.log.write(f"\n# gpu_check: stopped after its timeout of {self.limit_s:.0f} s\n")
             self._done("timeout", self.proc.returncode)
         return self.result is not None
+
+    def interrupt(self):
+        self.log.write("\n# gpu_check: interrupted\n")
+        self._done("interrupted", self.proc.returncode)
 
     def _done(self, result, rc):
         self.result, self.rc = result, rc
@@ -64,21 +68,26 @@ class Running:
         self.log.close()
 
 
-def _stop_group(proc):
-    """SIGTERM to the step's process group, SIGKILL to whatever is left of it after the grace."""
+def _stop_groups(procs):
+    """SIGTERM to each step's process group, SIGKILL to whatever is left after the grace."""
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    end = time.monotonic() + KILL_GRACE_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in procs:  # also the children that outlived their leader
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
+def _signal_group(proc, sig):
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
-    try:
-        proc.wait(timeout=KILL_GRACE_S)
-    except subprocess.TimeoutExpired:
-        pass
-    try:  # also the children that outlived their leader
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 class Summary:
@@ -100,7 +109,7 @@ class Summary:
             return f"{row['step']:20s} SKIPPED: {row['reason']}"
         text = {"ok": "ok", "failed": f"FAILED (exit {row['rc']})",
                 "timeout": f"TIMEOUT (stopped at {row['limit_s']:.0f} s)",
-                "error": "ERROR (could not start)"}[status]
+                "error": "ERROR (could not start)", "interrupted": "INTERRUPTED"}[status]
         line = (f"{row['step']:20s} {text:28s} {row['seconds']:7.1f} s of "
                 f"{row['limit_s']:.0f} s   log: {row['log']}")
         if row.get("note"):
@@ -160,8 +169,22 @@ def run_steps(steps, out: Path, summary: Summary, budget_s: float = 0, cwd=None,
                 limit = min(limit, left)
             print(f"== {step.name} (limit {limit:.0f} s): {shlex.join(step.argv)}", flush=True)
             running.append((Running(step, limit, out, cwd), row))
-        while not all([r.poll() for r, _ in running]):  # a list: poll every step each time
-            time.sleep(POLL_S)
+        try:
+            while not all([r.poll() for r, _ in running]):  # a list: poll every step each time
+                time.sleep(POLL_S)
+        except BaseException:
+            # Ctrl-C or SIGTERM (main.py raises KeyboardInterrupt for it): the steps run in
+            # sessions of their own, so nothing else would stop them.
+            left = [r for r, _ in running if r.result is None]
+            _stop_groups([r.proc for r in left])
+            for r in left:
+                r.interrupt()
+            for r, row in running:
+                summary.add(dict(row, status=r.result, rc=r.rc, seconds=r.seconds,
+                                 limit_s=r.limit_s))
+            summary.footer.append(f"interrupted after {time.monotonic() - start:.0f} s")
+            summary.write()
+            raise
         for r, row in running:
             summary.add(dict(row, status=r.result, rc=r.rc, seconds=r.seconds,
                              limit_s=r.limit_s))
