@@ -5,6 +5,7 @@ budget, keeps going past a failure and runs a phase side by side. Nothing is bui
 
 import importlib.util
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -56,7 +57,10 @@ def test_the_gpu_plan_runs_every_required_step_with_its_command():
         assert "-m pytest" in _cmd(s[tool]) and s[tool].env["PYTORCH_NO_CUDA_MEMORY_CACHING"] == "1"
     assert "torch.distributed.run --standalone --nproc_per_node 2" in _cmd(s["ddp"])
     assert "gloo with CUDA tensors" in s["ddp"].note
-    assert "benchmarks.run ops" in _cmd(s["bench-targets"]) and "compile" in _cmd(s["bench-targets"])
+    assert "benchmarks.run ops" in _cmd(s["bench-targets"])
+    targets = f"--impls reference,compile,cuda,triton -k '{plan.TARGET_CASES}'"
+    assert targets in _cmd(s["bench-targets"])
+    assert f"-k 'not ({plan.TARGET_CASES})'" in _cmd(s["bench-ops-block1"])
     assert "--blocks 1 " in _cmd(s["bench-ops-block1"])
     assert "--blocks 2,3,4 " in _cmd(s["bench-ops-blocks2-4"])
     assert "benchmarks.run models" in _cmd(s["bench-models"])
@@ -71,7 +75,6 @@ def test_the_gpu_plan_runs_every_required_step_with_its_command():
 
 
 def _cmd(step):
-    import shlex
     return shlex.join(step.argv)
 
 

@@ -71,7 +71,8 @@ def _slug(text: str) -> str:
 
 def default_out(m: plan.Machine) -> Path:
     name = _slug(m.gpu_name) if m.gpus else f"cpu-{_slug(socket.gethostname())}"
-    return ROOT / "benchmarks/results/gpu-check" / f"{name}-{time.strftime('%Y%m%d-%H%M', time.gmtime())}"
+    when = time.strftime("%Y%m%d-%H%M", time.gmtime())
+    return ROOT / "benchmarks/results/gpu-check" / f"{name}-{when}"
 
 
 def print_plan(m, steps, out, budget, serial):
