@@ -99,6 +99,7 @@ def test_a_cpu_machine_skips_the_gpu_steps_saying_why():
     assert all(steps[t].skip == "no GPU on this machine" for t in plan.SANITIZER_TOOLS)
     assert steps["report"].skip and steps["bench-models"].skip
     assert steps["ddp"].note == "gloo on the CPU (no GPU)"
+    assert all(len(b) == 1 for b in runner.batches(list(steps.values())))  # one at a time
 
 
 def test_a_gpu_machine_without_compute_sanitizer_skips_only_the_sanitizers():

@@ -148,6 +148,8 @@ def steps(m: Machine, out: Path) -> list[Step]:
         return t or TIMEOUTS[name][0]
 
     no_gpu = None if gpu else "no GPU on this machine"
+    # Side by side only with a GPU: on a small CPU machine the checks would fight for its cores.
+    checks = "checks" if gpu else ""
     result = []
     build_env = {"MAX_JOBS": os.environ.get("MAX_JOBS", str(m.nproc))}
     if gpu:  # this GPU's architecture only: the quickest build that can run here
@@ -175,7 +177,7 @@ def steps(m: Machine, out: Path) -> list[Step]:
         pytest_argv += ["-n", str(workers), "--dist", "loadfile"]
         tests_env["TORCHINDUCTOR_COMPILE_THREADS"] = "2"
     pytest_argv += os.environ.get("PYTEST_ARGS", "").split()
-    result.append(Step("tests", pytest_argv, timeout("tests"), tests_env, phase="checks",
+    result.append(Step("tests", pytest_argv, timeout("tests"), tests_env, phase=checks,
                        note="" if gpu else "Triton in its interpreter; CUDA tests skip"))
 
     for tool in SANITIZER_TOOLS:
@@ -195,14 +197,14 @@ def steps(m: Machine, out: Path) -> list[Step]:
         # No caching allocator: every tensor is its own allocation, so memcheck sees its real
         # bounds and initcheck sees fresh memory instead of a reused block's old contents.
         result.append(Step(tool, argv, timeout(tool), {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"},
-                           skip=skip, note=note, phase="checks"))
+                           skip=skip, note=note, phase=checks))
 
     ddp_env = {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo",
                "OMP_NUM_THREADS": "1"}
     result.append(Step("ddp", [py, "-m", "torch.distributed.run", "--standalone",
                                "--nproc_per_node", "2",
                                "scripts/gpu_check/ddp_check.py", "--out", str(out / "ddp.json")],
-                       timeout("ddp"), ddp_env, note=ddp_mode_note(m.gpus), phase="checks"))
+                       timeout("ddp"), ddp_env, note=ddp_mode_note(m.gpus), phase=checks))
 
     run = [py, "-m", "benchmarks.run"]
     result += [
