@@ -173,6 +173,8 @@ def test_the_runner_stops_a_hung_step_and_keeps_going_past_a_failure(tmp_path):
     assert not (tmp_path / "survived").exists()  # the background child was stopped too
     assert status == 1
     assert rows["fails"]["status"] == "failed" and rows["fails"]["rc"] == 3
+    assert rows["fails"]["last_line"] == "broken" and "> broken" in text
+    assert rows["passes"]["last_line"] == "fine" and rows["hangs"]["last_line"] == ""
     assert rows["hangs"]["status"] == "timeout"
     assert rows["passes"]["status"] == "ok"
     assert rows["skipped"]["status"] == "skipped"

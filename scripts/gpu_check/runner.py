@@ -32,8 +32,10 @@ class Running:
         self.log_path = Path(out) / step.log
         self.log = open(self.log_path, "w")
         self.log.write(f"$ {shlex.join(step.argv)}\n")
+        self.header_lines = 1
         if step.env:
             self.log.write(f"# env: {' '.join(f'{k}={v}' for k, v in step.env.items())}\n")
+            self.header_lines = 2
         self.log.flush()
         self.start = time.monotonic()
         self.result, self.rc, self.proc = None, None, None
@@ -66,6 +68,9 @@ class Running:
         self.result, self.rc = result, rc
         self.seconds = round(time.monotonic() - self.start, 1)
         self.log.close()
+        lines = [x.strip() for x in self.log_path.read_text(errors="replace").splitlines()
+                 if x.strip() and not x.startswith("# gpu_check:")][self.header_lines:]
+        self.last_line = lines[-1][:200] if lines else ""
 
 
 def _stop_groups(procs):
@@ -114,6 +119,8 @@ class Summary:
                 f"{row['limit_s']:.0f} s   log: {row['log']}")
         if row.get("note"):
             line += f"   ({row['note']})"
+        if row.get("last_line"):  # pytest's counts, torchrun's verdict, ...
+            line += f"\n{'':21s}> {row['last_line']}"
         return line
 
     def write(self):
@@ -181,13 +188,13 @@ def run_steps(steps, out: Path, summary: Summary, budget_s: float = 0, cwd=None,
                 r.interrupt()
             for r, row in running:
                 summary.add(dict(row, status=r.result, rc=r.rc, seconds=r.seconds,
-                                 limit_s=r.limit_s))
+                                 limit_s=r.limit_s, last_line=r.last_line))
             summary.footer.append(f"interrupted after {time.monotonic() - start:.0f} s")
             summary.write()
             raise
         for r, row in running:
             summary.add(dict(row, status=r.result, rc=r.rc, seconds=r.seconds,
-                             limit_s=r.limit_s))
+                             limit_s=r.limit_s, last_line=r.last_line))
             if r.result != "ok":
                 status = 1
                 _print_tail(r.log_path)
