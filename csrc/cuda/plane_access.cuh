@@ -146,7 +146,7 @@ constexpr int kMaxThreads = 512;
 // kernels) and spilled 8-16 bytes per thread on sm_80/sm_90; with 1 it takes the registers it
 // needs (tests/test_cuda_resources.py checks for spills). The price for the plane kernels: one
 // 512-thread block per SM instead of two; planes that take 256 threads or fewer still get three
-// or more (benchmarks/results/cuda_resources.md).
+// or more (benchmarks/README.md, "CUDA kernel resources").
 constexpr int kMinBlocksPerSm = 1;
 
 // Threads for one block working on `work` items at once: whole warps, 64 to kMaxThreads.
