@@ -2,10 +2,11 @@
 makes that plane's min and max NaN, as torch.amin/amax do, so the whole plane's outputs and input
 gradients are NaN, and every other plane is exactly what a NaN-free run gives.
 
-The NaN goes to the first, a middle and the last position of a plane: the CPU's vector min/max
-used to keep a NaN only in the first position (min_ps/max_ps return their second operand when
-either is NaN), and the last position of a 5 x 7 plane lies in the vector tail of both AVX2 (8
-lanes) and AVX-512 (16 lanes).
+One call poisons three planes, with the NaN at the first, a middle and the last position: the
+CPU's vector min/max used to keep a NaN only in the first position (min_ps/max_ps return their
+second operand when either is NaN), and the last position of a 5 x 7 plane lies in the vector
+tail of both AVX2 (8 lanes) and AVX-512 (16 lanes). Planes are independent, so one call tests
+all three (a third of the Triton interpreter's time), and sample 2 stays clean for the TV.
 """
 
 import pytest
@@ -17,9 +18,9 @@ from sharpattn import functional as F
 from helpers import feature_map
 
 HAS_GPU = torch.cuda.is_available()
-SHAPE = (2, 3, 5, 7)
-PLANE = (1, 2)  # the poisoned (n, c)
-POSITIONS = {"first": (0, 0), "middle": (2, 3), "last": (4, 6)}
+SHAPE = (3, 2, 5, 7)
+# poisoned plane (n, c) -> the NaN's (h, w): first, a middle and the last position
+POISON = {(0, 1): (0, 0), (1, 0): (2, 3), (1, 1): (4, 6)}
 
 
 def _cases():
@@ -71,33 +72,34 @@ def _run(t, x, backend, mode):
     return out.detach(), mask.detach(), tv.detach(), grads
 
 
-@pytest.mark.parametrize("position", list(POSITIONS))
 @pytest.mark.parametrize("mode", ["sample", "mean", "hard"])
 @pytest.mark.parametrize("separate_x", [False, True], ids=["x_is_t", "separate_x"])
-def test_nan_poisons_exactly_its_plane(backend_case, position, mode, separate_x):
+def test_nan_poisons_exactly_its_plane(backend_case, mode, separate_x):
     backend, device = backend_case
     t = feature_map(SHAPE, device=device)
     x = feature_map(SHAPE, device=device, seed=9) if separate_x else None
     poisoned_t, poisoned_x = t.clone(), None if x is None else x.clone()
     # The NaN goes into the mask input: x, or t when t is its own mask input.
-    (poisoned_t if x is None else poisoned_x)[PLANE + POSITIONS[position]] = float("nan")
+    for plane, position in POISON.items():
+        (poisoned_t if x is None else poisoned_x)[plane + position] = float("nan")
 
     clean = _run(t, x, backend, mode)
     got = _run(poisoned_t, poisoned_x, backend, mode)
 
     other = torch.ones(SHAPE[:2], dtype=torch.bool, device=device)
-    other[PLANE] = False
-    other_samples = torch.ones(SHAPE[0], dtype=torch.bool, device=device)
-    other_samples[PLANE[0]] = False
+    for plane in POISON:
+        other[plane] = False
     # Planes are computed independently with the same noise: other planes agree bit for bit.
     for name, a, b in [("out", got[0], clean[0]), ("mask", got[1], clean[1])] + \
             [(f"grad {i}", ga, gb) for i, (ga, gb) in enumerate(zip(got[3], clean[3]))]:
         assert torch.equal(a[other], b[other]), f"{name}: a NaN changed another plane"
-    assert torch.equal(got[2][other_samples], clean[2][other_samples]), "tv of another sample"
+    assert torch.equal(got[2][2], clean[2][2]), "a NaN changed the TV of a clean sample"
 
     # Hard mode too: the reference's step + (soft - soft.detach()) is NaN where soft is.
-    assert got[1][PLANE].isnan().all(), f"mask: {got[1][PLANE]}"
-    assert got[0][PLANE].isnan().all(), f"output: {got[0][PLANE]}"
-    assert got[2][PLANE[0]].isnan(), "tv of the poisoned sample"
-    for i, grad in enumerate(got[3]):
-        assert grad[PLANE].isnan().all(), f"grad {i}: {grad[PLANE]}"
+    for plane, position in POISON.items():
+        where = f"plane {plane}, NaN at {position}"
+        assert got[1][plane].isnan().all(), f"mask, {where}: {got[1][plane]}"
+        assert got[0][plane].isnan().all(), f"output, {where}: {got[0][plane]}"
+        assert got[2][plane[0]].isnan(), f"tv, {where}"
+        for i, grad in enumerate(got[3]):
+            assert grad[plane].isnan().all(), f"grad {i}, {where}: {grad[plane]}"
