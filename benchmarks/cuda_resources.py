@@ -165,6 +165,8 @@ def parse(text: str) -> list[Kernel]:
     kernels = []
     for (arch, mangled, f), dem in zip(rows, names):
         name, base = _short(dem)
+        if dem == mangled:  # no c++filt: find the kernel's length-prefixed name in the mangling
+            base = next((k for k in LAUNCH if f"{len(k)}{k}" in mangled), mangled)
         kernels.append(Kernel(arch, mangled, name, base, f.get("REG", 0), f.get("STACK", 0),
                               f.get("LOCAL", 0), f.get("SHARED", 0)))
     return kernels

@@ -6,6 +6,7 @@ buffers, and every launch configuration able to start on A100 (sm_80) and H100/H
 benchmarks/cuda_resources.py prints the same numbers as a table (benchmarks/results/).
 """
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def test_parser_and_occupancy_on_a_known_dump():
     kernels = CR.parse(SAMPLE)
     assert [(k.arch, k.base, k.regs, k.stack) for k in kernels] == [
         ("sm_90", "backward_plane_kernel", 64, 16), ("sm_90", "tv_finalize_kernel", 30, 0)]
-    assert kernels[0].dtypes == "float, float"
+    if shutil.which("c++filt"):  # without it the names stay mangled (the bases are still found)
+        assert kernels[0].name == "backward_plane_kernel<float, float>"
     assert kernels[0].shared == 1536
     gpu = CR.GPUS["sm_90"]
     # 512 threads at 64 registers: 32768 registers a block, two fit in 65536; 97.5 KB of
