@@ -32,6 +32,14 @@ SA_HOST_DEVICE acc_t sa_sigmoid(acc_t v) {
   return acc_t(1) / (acc_t(1) + sa_exp(-v));
 }
 
+// Hard mode's step 1[z > 0] that lets a NaN z through: under the NaN rule (README, "Specification
+// notes") a plane whose min/max is NaN has a NaN mask in every mode, as the reference's
+// step + (soft - soft.detach()) has; a bare comparison would turn NaN into 0.
+template <typename acc_t>
+SA_HOST_DEVICE acc_t hard_step(acc_t z) {
+  return z > acc_t(0) ? acc_t(1) : (z != z ? z : acc_t(0));
+}
+
 // Forward mask value M of one element. `noise` is the logistic noise L (unused in mean mode).
 template <typename acc_t>
 SA_HOST_DEVICE acc_t mask_value(acc_t x, acc_t noise, const PlaneRange<acc_t>& r,
@@ -40,7 +48,7 @@ SA_HOST_DEVICE acc_t mask_value(acc_t x, acc_t noise, const PlaneRange<acc_t>& r
   if (prm.mode == MaskMode::kMean) return a / r.denom;
   const acc_t b = (r.hi - x) + prm.eps;  // distance below the maximum, never 0
   const acc_t z = (sa_log(a) - sa_log(b)) + noise;
-  if (prm.mode == MaskMode::kHard) return z > acc_t(0) ? acc_t(1) : acc_t(0);
+  if (prm.mode == MaskMode::kHard) return hard_step(z);
   return sa_sigmoid(z * prm.inv_tau);
 }
 
@@ -83,7 +91,7 @@ SA_HOST_DEVICE ElementGrad<acc_t> element_grad(acc_t g, acc_t g_attn, acc_t x, a
   const acc_t z = (sa_log(a) - sa_log(b)) + noise;
   const acc_t soft = sa_sigmoid(z * prm.inv_tau);
   // Hard mode is straight-through: its forward value is the step, its gradient the soft one's.
-  const acc_t m = prm.mode == MaskMode::kHard ? (z > acc_t(0) ? acc_t(1) : acc_t(0)) : soft;
+  const acc_t m = prm.mode == MaskMode::kHard ? hard_step(z) : soft;
   out.dt = g * (prm.residual ? acc_t(1) + m : m) + g_attn * m;
   const acc_t g_z = g_mask * soft * (acc_t(1) - soft) * prm.inv_tau;  // dL/dz
   const acc_t g_a = g_z / a, g_b = g_z / b;  // z = log a - log b

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -34,6 +35,23 @@ void fill_noise(acc_t* noise, int64_t HW, uint64_t key, uint64_t first_counter) 
     const int64_t j0 = 4 * g;
     for (int64_t k = 0; k < 4 && j0 + k < HW; ++k) noise[j0 + k] = logistic_from_word<acc_t>(r.w[k]);
   }
+}
+
+// lo and hi of a plane of n >= 1 values, both NaN if any value is NaN (the NaN rule of
+// docs/modules.md, as torch.amin/amax). std::min/max would skip a NaN after the first element;
+// a separate flag keeps the min/max loop as cheap as before.
+template <typename acc_t>
+void plane_min_max(const acc_t* xs, int64_t n, acc_t* lo_out, acc_t* hi_out) {
+  acc_t lo = xs[0], hi = xs[0];
+  bool nan = false;
+  for (int64_t j = 0; j < n; ++j) {
+    lo = std::min(lo, xs[j]);
+    hi = std::max(hi, xs[j]);
+    nan |= xs[j] != xs[j];
+  }
+  if (nan) lo = hi = std::numeric_limits<acc_t>::quiet_NaN();
+  *lo_out = lo;
+  *hi_out = hi;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
@@ -122,11 +140,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
         const int64_t n = p / C, c = p % C;
         load_plane(plane_of(x_data, x.strides().data(), n, c), H, W, xs);
         if (separate_x) load_plane(plane_of(t_data, t.strides().data(), n, c), H, W, ts);
-        acc_t lo = xs[0], hi = xs[0];
-        for (int64_t j = 1; j < HW; ++j) {
-          lo = std::min(lo, xs[j]);
-          hi = std::max(hi, xs[j]);
-        }
+        acc_t lo, hi;
+        plane_min_max(xs, HW, &lo, &hi);
         const PlaneRange<acc_t> range(lo, hi, prm.eps);
         if (prm.mode != MaskMode::kMean)
           fill_noise(noise, HW, static_cast<uint64_t>(seed),

@@ -51,6 +51,10 @@ struct Isa {
   static SA_VI B ge(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
   static SA_VI B eq(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   static SA_VI B ne(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_NEQ_UQ); }
+  static SA_VI B is_nan(F a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
+  static SA_VI B none() { return static_cast<B>(0); }
+  static SA_VI B lor(B a, B b) { return static_cast<B>(a | b); }
+  static SA_VI bool any(B m) { return m != static_cast<B>(0); }
   static SA_VI B lti(I a, I b) { return _mm512_cmplt_epi32_mask(a, b); }
   static SA_VI B land(B a, B b) { return static_cast<B>(a & b); }
   static SA_VI bool all(B m) { return m == static_cast<B>(0xFFFF); }
@@ -151,6 +155,10 @@ struct Isa {
   static SA_VI B ge(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
   static SA_VI B eq(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
   static SA_VI B ne(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_NEQ_UQ); }
+  static SA_VI B is_nan(F a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
+  static SA_VI B none() { return _mm256_setzero_ps(); }
+  static SA_VI B lor(B a, B b) { return _mm256_or_ps(a, b); }
+  static SA_VI bool any(B m) { return _mm256_movemask_ps(m) != 0; }
   static SA_VI B lti(I a, I b) { return _mm256_castsi256_ps(_mm256_cmpgt_epi32(b, a)); }
   static SA_VI B land(B a, B b) { return _mm256_and_ps(a, b); }
   static SA_VI bool all(B m) { return _mm256_movemask_ps(m) == 0xFF; }

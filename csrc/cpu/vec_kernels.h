@@ -32,7 +32,7 @@ struct VecKernels {
   // The 4 * groups Philox words of `groups` consecutive counters from `counter`, in element
   // order (word k of counter counter + g at index 4 g + k): bit-identical to philox4x32_10.
   void (*philox_words)(uint32_t* words, int64_t groups, uint64_t counter, uint64_t key);
-  // Minimum and maximum of x[0, n), n >= 1 (a NaN element is skipped, as std::min/max do).
+  // Minimum and maximum of x[0, n), n >= 1; both NaN if any element is NaN (torch.amin rule).
   void (*min_max)(const float* x, int64_t n, float* lo, float* hi);
   // Mask of every element of a padded plane: m = M (step in hard mode); soft (may be null) gets
   // the relaxed sample sigmoid(z / tau), which hard mode's straight-through gradient needs.

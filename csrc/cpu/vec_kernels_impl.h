@@ -129,19 +129,29 @@ void philox_words(uint32_t* words, int64_t groups, uint64_t counter, uint64_t ke
   }
 }
 
+// NaN rule (docs/modules.md): a NaN anywhere makes both lo and hi NaN, as torch.amin/amax do.
+// min_ps/max_ps drop a NaN operand, so an unordered-compare flag rides along (two cheap ops per
+// vector) and decides once at the end.
 void min_max(const float* x, int64_t n, float* lo_out, float* hi_out) {
   F lo = Isa::set1(x[0]), hi = lo;
+  B nan = Isa::none();
   int64_t j = 0;
   for (; j + kW <= n; j += kW) {
     const F v = Isa::load(x + j);
-    lo = Isa::min(v, lo);  // a NaN v keeps lo, as std::min(lo, v) does
+    lo = Isa::min(v, lo);
     hi = Isa::max(v, hi);
+    nan = Isa::lor(nan, Isa::is_nan(v));
   }
   if (j < n) {
     const B valid = Isa::first(n - j);
-    const F v = Isa::load(x + j);
-    lo = Isa::min(Isa::select(valid, v, lo), lo);
-    hi = Isa::max(Isa::select(valid, v, hi), hi);
+    const F v = Isa::select(valid, Isa::load(x + j), lo);  // lanes past n: padding, ignored
+    lo = Isa::min(v, lo);
+    hi = Isa::max(v, hi);
+    nan = Isa::lor(nan, Isa::is_nan(v));
+  }
+  if (Isa::any(nan)) {
+    *lo_out = *hi_out = std::numeric_limits<float>::quiet_NaN();
+    return;
   }
   *lo_out = Isa::hmin(lo);
   *hi_out = Isa::hmax(hi);
@@ -192,12 +202,13 @@ void mask_values(const float* x, const uint32_t* words, int64_t n_padded,
         const float av = (xs - r.lo) + prm.eps, bv = (r.hi - xs) + prm.eps;
         const float z = (sa_log(av) - sa_log(bv)) + logistic_from_word<float>(words[j + i]);
         const float s = sa_sigmoid(z * prm.inv_tau);
-        m[j + i] = hard ? (z > 0.0f ? 1.0f : 0.0f) : s;
+        m[j + i] = hard ? hard_step(z) : s;
         if (soft) soft[j + i] = s;
       }
       continue;
     }
     const F s = vsigmoid(Isa::mul(vlog(ratio), inv_tau));
+    // A NaN never gets here (one_log_ok is false for it), so the step needs no NaN case.
     Isa::store(m + j, hard ? Isa::select(Isa::gt(ratio, one), one, zero) : s);
     if (soft) Isa::store(soft + j, s);
   }

@@ -15,6 +15,7 @@
 
 #include <cfloat>
 #include <cstdint>
+#include <limits>
 
 #include "../common/philox.h"
 #include "../common/sharp_mask.h"

@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kThreads)
 // memory (slot = threadIdx.x, kstride = blockDim.x) or in a global workspace (slot = q,
 // kstride = N*C) when a block's shared memory cannot hold them.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     pool_kernel(StridedMap<const scalar_t> x, scalar_t* out, GridShape s, double* workspace) {
   const int64_t P = s.N * s.C, G = s.G();
   const bool shared = workspace == nullptr;
@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // values[n, k, c] = (sum_j grad[n, j, c] - grad[n, k, c]) / (H*W), one thread per plane.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     pool_backward_values_kernel(const scalar_t* grad, int64_t gs0, int64_t gs1, int64_t gs2,
                                 scalar_t* values, GridShape s) {
   const int64_t P = s.N * s.C, G = s.G();

@@ -65,7 +65,8 @@ __device__ __forceinline__ void for_each_in_group(int64_t j0, int64_t end, int64
 }
 
 // min / max that propagate NaN (like torch.amin / amax): a NaN anywhere makes the plane's range
-// NaN, so the damage stays inside that plane and is visible.
+// NaN, so the damage stays inside that plane and is visible (the NaN rule, README
+// "Specification notes"; tests/test_nan_rule.py).
 struct NanMin {
   template <typename T>
   __device__ __forceinline__ T operator()(T a, T b) const { return (a < b || a != a) ? a : b; }
@@ -139,6 +140,15 @@ __device__ __forceinline__ acc_t tv_grad_with(acc_t v, int64_t h, int64_t w, int
 
 constexpr int kMaxThreads = 512;
 
+// Minimum resident blocks per SM that __launch_bounds__ asks of ptxas in the kernels that spilled
+// without it. Given only the thread count, ptxas aimed at more resident blocks than the launch
+// needs (64 registers for the 512-thread plane kernels, 48 for grid_occlusion's 256-thread pool
+// kernels) and spilled 8-16 bytes per thread on sm_80/sm_90; with 1 it takes the registers it
+// needs (tests/test_cuda_resources.py checks for spills). The price for the plane kernels: one
+// 512-thread block per SM instead of two; planes that take 256 threads or fewer still get three
+// or more (benchmarks/README.md, "CUDA kernel resources").
+constexpr int kMinBlocksPerSm = 1;
+
 // Threads for one block working on `work` items at once: whole warps, 64 to kMaxThreads.
 inline int block_threads(int64_t work) {
   const int64_t warps = (work + 31) / 32;
@@ -155,7 +165,10 @@ inline int64_t grid_blocks(int64_t items) {
 }
 
 // Dynamic shared memory one block may use: the device's opt-in limit less room for the static
-// reduction scratch, capped so that two blocks still fit on one SM.
+// reduction scratch, capped at 96 KB. Two such blocks (with their static scratch and the 1 KB
+// per-block system reserve, ~195 KB) fit in an H100/H200 SM's 228 KB, but not in an A100 SM's
+// 164 KB: there a plane over ~80 KB runs one block per SM. A 512-thread block's registers allow
+// one block per SM anyway (kMinBlocksPerSm); benchmarks/results/cuda_resources.md has the table.
 inline size_t smem_budget() {
   constexpr size_t kCap = 96 * 1024, kStaticReserve = 4 * 1024;
   int device = c10::cuda::current_device();

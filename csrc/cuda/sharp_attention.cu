@@ -154,7 +154,7 @@ size_t forward_plane_bytes(int64_t HW, bool with_tv) {
 // fused TV (tv != nullptr) it also holds A = M T in acc_t, whose neighbour differences are summed
 // while F is stored.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kMaxThreads)
+__global__ void __launch_bounds__(kMaxThreads, kMinBlocksPerSm)
     forward_plane_kernel(StridedMap<const scalar_t> x, StridedMap<const scalar_t> t,
                          StridedMap<scalar_t> out, StridedMap<scalar_t> mask, acc_t* stats,
                          acc_t* tv_out, PlaneShape s, MaskParams<acc_t> prm, uint64_t seed,
@@ -330,7 +330,7 @@ size_t backward_plane_bytes(int64_t HW, bool with_tv) {
 // neighbours. Pass 1 reduces the lo/hi gradient and the tie counts, pass 2 shares them among
 // the tied elements (the torch.amin / amax rule).
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kMaxThreads)
+__global__ void __launch_bounds__(kMaxThreads, kMinBlocksPerSm)
     backward_plane_kernel(StridedMap<const scalar_t> gout, const acc_t* grad_tv,
                           StridedMap<const scalar_t> x, StridedMap<const scalar_t> t,
                           StridedMap<scalar_t> grad_t, StridedMap<scalar_t> grad_x,
