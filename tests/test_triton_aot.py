@@ -81,7 +81,7 @@ def test_no_register_spills(aot):
 def test_accurate_math_where_it_is_needed(aot):
     """The float32 backward divides the terms of the lo/hi shares with IEEE division (div.rn,
     not div.full's 2 ulp); the hard-mask decision (forward, mode "hard") is a comparison of
-    log-differences: no division and no approximate exp in it."""
+    log-differences: no division, no approximate exp or log in it."""
     sharp = [e for e in aot["compiled"] if e[2].get("ACC") == "fp32"]
     backward = [e for e in sharp if e[0] == "_backward_kernel" and e[2]["MODE"] != "1"]
     assert backward and all(e[4]["ptx"]["div.rn.f32"] >= 2 for e in backward)
@@ -90,6 +90,7 @@ def test_accurate_math_where_it_is_needed(aot):
     for e in hard:
         ops = e[4]["ptx"]
         assert ops["div.full.f32"] == ops["div.approx.f32"] == ops["ex2.approx"] == 0, _name(e)
+        assert ops["lg2.approx"] == 0, _name(e)
 
 
 @pytest.mark.triton
