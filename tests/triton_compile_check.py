@@ -156,9 +156,12 @@ def _resources(binary, log, cc, dtype, warps):
             "ptx": {op: ptx.count(op) for op in PTX_OPS}}
 
 
+MAP_ARGS = ("a_ptr", "x_ptr", "g_ptr", "out_ptr")  # the feature map of each kernel, by name
+
+
 def _map_dtype(signature):
-    """The dtype of the kernel's first pointer argument (the map it reads)."""
-    return next(v[1:] for v in signature.values() if v.startswith("*"))
+    """The dtype of the feature map the kernel works on (not of a per-plane argument)."""
+    return next(signature[name][1:] for name in MAP_ARGS if name in signature)
 
 
 def main(targets, only="", all_blocks=False):
