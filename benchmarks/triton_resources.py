@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECK = ROOT / "tests" / "triton_compile_check.py"
 TARGETS = (80, 90)
 SHOWN = ("ACC", "MODE", "TV", "SINGLE", "BLOCK", "CELLS")  # constexprs in the table
-# Measured the same way at commit 74697c3, before the launch shapes changed (16 positions per
-# thread in every single-block launch from BLOCK 512, up to 16 warps; pool tiles of 8192).
+# Measured at commit 74697c3 (ptxas -v with Triton's --regAllocOptLevel=2 on the PTX Triton
+# made), before the launch shapes changed: 16 positions per thread in every single-block launch
+# from BLOCK 512, up to 16 warps; pool tiles of 8192 values.
 BEFORE = """## Before (commit 74697c3)
 
 `_backward_kernel` with TV, separate x, hard mode (registers, spill stores/loads in bytes per
