@@ -26,8 +26,11 @@ import triton.language as tl
 from .common import accumulation_dtype, launcher
 
 FLAT_BLOCK = 1024  # elements per program of the materialised op and its backward
-MAX_CELLS = 256  # cells reduced per pass of the pool kernel
-TILE_ELEMENTS = 8192  # cells x positions per pool tile
+# Pool tiles: at most 8 float64 cell x position values per thread (POOL_WARPS warps). 8192 per
+# tile with 4 warps (64 per thread) spilled up to 0.85 KB per thread on a 1x1 grid.
+MAX_CELLS = 128  # cells reduced per pass of the pool kernel
+TILE_ELEMENTS = 2048  # cells x positions per pool tile (MAX_CELLS * 16 at most)
+POOL_WARPS = 8
 
 
 @triton.jit
@@ -203,7 +206,8 @@ def grid_occlusion_pool(x: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
     if N * C:
         cells, block = _pool_config(G, H * W)
         _pool_kernel[(N * C,)](x, out, C, H * W, H, W, gh, gw, G, *x.stride(),
-                               ACC=accumulation_dtype(x.dtype)[0], CELLS=cells, BLOCK=block)
+                               ACC=accumulation_dtype(x.dtype)[0], CELLS=cells, BLOCK=block,
+                               num_warps=POOL_WARPS)
     return out
 
 
@@ -225,5 +229,5 @@ def grid_occlusion_pool_backward(grad: torch.Tensor, x: torch.Tensor, gh: int,
         _pool_backward_kernel[(N * C,)](grad, dx, C, H * W, H, W, gh, gw, G,
                                         *grad.stride(), *dx.stride(),
                                         ACC=accumulation_dtype(x.dtype)[0], CELLS=cells,
-                                        BLOCK=block)
+                                        BLOCK=block, num_warps=POOL_WARPS)
     return dx

@@ -1,10 +1,10 @@
 """Triton kernels of the sharp attention operator (SPEC section 2), same semantics as the C++ ones.
 
-Layout: one program per plane p = n*C + c. A plane of at most SINGLE_BLOCK_CAP positions is held
-in registers as one power-of-two block: x is read once, reduced to (lo, hi), and the mask, the
-output (and in the backward the per-element derivatives and the lo/hi shares) are computed from
-the same registers. A larger plane is walked in TILE-sized tiles: a min/max (or gradient-sum)
-pass, then a pass that recomputes and writes.
+Layout: one program per plane p = n*C + c. A plane of at most MAX_WARPS * 32 * ELEMENTS_PER_THREAD
+positions (half that for float64) is held in registers as one power-of-two block: x is read once,
+reduced to (lo, hi), and the mask, the output (and in the backward the per-element derivatives
+and the lo/hi shares) are computed from the same registers. A larger plane is walked in tiles of
+that size: a min/max (or gradient-sum) pass, then a pass that recomputes and writes.
 
 Every tensor is read and written through its own four strides (channels_last and sliced views
 need no copy), with 64-bit offsets. The noise is recomputed from (seed, offset), never stored;
@@ -27,8 +27,13 @@ from .common import accumulation_dtype, launcher
 from .philox import logistic_from_words, philox_words
 
 MODES = {"sample": 0, "mean": 1, "hard": 2}
-SINGLE_BLOCK_CAP = 8192  # largest plane kept in registers by one program
-TILE = 2048  # positions per step of the tiled path; a multiple of 4 (whole Philox blocks)
+# Launch shape (see _launch_config): at most ELEMENTS_PER_THREAD positions per thread (half of it
+# for float64, whose values take two registers) and at most MAX_WARPS warps, so each thread may
+# use all 255 registers (65536 per SM / 256 threads). More positions per thread, or 16 warps
+# (128 registers each), made the backward spill on sm_80/sm_90 (benchmarks/results/
+# triton-resources.md). A plane up to MAX_WARPS * 32 * ELEMENTS_PER_THREAD positions is one block.
+ELEMENTS_PER_THREAD = 8
+MAX_WARPS = 8
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,12 +75,47 @@ def _noise(seed, first_counter, ACC: tl.constexpr, BLOCK: tl.constexpr, MODE: tl
 
 @triton.jit
 def _sigmoid(v):
+    """On a GPU tl.exp is ex2.approx.f32 (after a scaling by log2 e) and `/` is div.full.f32
+    (2 ulp): both are kept. The sigmoid's relative error is at most exp(-v)'s, about
+    2^-22 (1 + |v|), times exp(-v) / (1 + exp(-v)) < 1, so its absolute error stays below 1e-6,
+    inside the tests' 2e-6; and no decision depends on it (the hard mask compares z)."""
     return 1.0 / (1.0 + tl.exp(-v))
 
 
 @triton.jit
+def _div_rn(x, y):
+    """x / y rounded to nearest: div.rn.f32 for float32 (tl.math.div_rn takes float32 only);
+    a float64 `/` is already div.rn.f64."""
+    if x.dtype == tl.float64:
+        return x / y
+    else:
+        return tl.math.div_rn(x, y)
+
+
+@triton.jit
+def _step(z, dtype: tl.constexpr):
+    """1[z > 0]; NaN where z is NaN (a NaN plane stays NaN, as the reference's straight-through
+    step + (soft - soft) does). The decision compares z = log a - log b + L: no division, no
+    exp, and tl.log is libdevice's accurate logf inlined (no lg2.approx), so it is decided as
+    accurately as on the CPU (tests/test_triton_aot.py checks the PTX)."""
+    return tl.where(z > 0, 1.0, tl.where(z == z, 0.0, z)).to(dtype)
+
+
+@triton.jit
+def _nan_to_stats(lo, hi, has_nan):
+    """The plane's (lo, hi), both NaN when the plane holds a NaN: tl.min/tl.max ignore NaN, the
+    reference's amin/amax propagate it, and a NaN lo/hi makes every output of the plane NaN."""
+    lo = tl.where(has_nan, float("nan"), lo)
+    hi = tl.where(has_nan, float("nan"), hi)
+    return lo, hi
+
+
+@triton.jit
 def _mask_value(x, noise, lo, hi, denom, eps, inv_tau, MODE: tl.constexpr):
-    """M of SPEC section 2: p (mean), sigmoid((logit + L) / tau) (sample) or 1[logit + L > 0]."""
+    """M of SPEC section 2: p (mean), sigmoid((logit + L) / tau) (sample) or 1[logit + L > 0].
+
+    p's `/` is div.full.f32 on a GPU: 2 ulp of a value in (0, 1) is below 2.4e-7, well inside
+    the tests' 2e-6, and nothing is decided or summed from it."""
     a = (x - lo) + eps  # distance above the minimum, never 0
     if MODE == 1:
         return a / denom
@@ -83,7 +123,7 @@ def _mask_value(x, noise, lo, hi, denom, eps, inv_tau, MODE: tl.constexpr):
         b = (hi - x) + eps  # distance below the maximum, never 0
         z = (tl.log(a) - tl.log(b)) + noise
         if MODE == 2:
-            return tl.where(z > 0, 1.0, 0.0).to(x.dtype)
+            return _step(z, x.dtype)
         else:
             return _sigmoid(z * inv_tau)
 
@@ -121,12 +161,14 @@ def _element_grad(g, g_attn, x, t, noise, lo, hi, denom, eps, inv_tau, MODE: tl.
         z = (tl.log(a) - tl.log(b)) + noise
         soft = _sigmoid(z * inv_tau)
         if MODE == 2:
-            m = tl.where(z > 0, 1.0, 0.0).to(x.dtype)
+            m = _step(z, x.dtype)
         else:
             m = soft
         g_z = g_mask * soft * (1.0 - soft) * inv_tau
-        g_a = g_z / a
-        g_b = g_z / b
+        # IEEE division (div.rn, not the 2-ulp div.full of `/`): g_a and g_b are also the terms
+        # of the lo/hi shares, sums that cancel large terms and so magnify each term's error.
+        g_a = _div_rn(g_z, a)
+        g_b = _div_rn(g_z, b)
         dx = g_a + g_b
         dlo = -g_a
         dhi = -g_b
@@ -203,6 +245,7 @@ def _forward_kernel(
         x = _load(x_ptr, n, c, lanes, valid, W, xs0, xs1, xs2, xs3, ACC)
         lo = tl.min(tl.where(valid, x, float("inf")), axis=0)
         hi = tl.max(tl.where(valid, x, float("-inf")), axis=0)
+        lo, hi = _nan_to_stats(lo, hi, tl.max((x != x).to(tl.int32), axis=0) > 0)
         x = tl.where(valid, x, lo)  # padding lanes: keep their (unused) logs finite
         if SEPARATE_X:
             t = _load(t_ptr, n, c, lanes, valid, W, ts0, ts1, ts2, ts3, ACC)
@@ -224,14 +267,16 @@ def _forward_kernel(
         # Pass 1: lane-wise running min/max, reduced once at the end.
         lo_run = tl.full([BLOCK], float("inf"), ACC)
         hi_run = tl.full([BLOCK], float("-inf"), ACC)
+        nan_run = tl.zeros([BLOCK], tl.int32)
         for start in range(0, HW, BLOCK):
             j = start + lanes
             valid = j < HW
             x = _load(x_ptr, n, c, j, valid, W, xs0, xs1, xs2, xs3, ACC)
             lo_run = tl.minimum(lo_run, tl.where(valid, x, float("inf")))
             hi_run = tl.maximum(hi_run, tl.where(valid, x, float("-inf")))
-        lo = tl.min(lo_run, axis=0)
-        hi = tl.max(hi_run, axis=0)
+            nan_run |= (x != x).to(tl.int32)  # invalid lanes load 0
+        lo, hi = _nan_to_stats(tl.min(lo_run, axis=0), tl.max(hi_run, axis=0),
+                               tl.max(nan_run, axis=0) > 0)
         denom = (hi - lo) + 2 * eps
         # Pass 2: mask and output, tile by tile.
         for start in range(0, HW, BLOCK):
@@ -271,7 +316,10 @@ def _forward_kernel(
 
 @triton.jit
 def _share(total, count):
-    """The min/max gradient split evenly among the tied elements (torch.amin/amax autograd)."""
+    """The min/max gradient split evenly among the tied elements (torch.amin/amax autograd).
+
+    total is summed in float64, as the C++ kernels do: it adds every element's dL/dlo (or
+    dL/dhi), terms of both signs and far larger than their sum, so float32 lost its digits."""
     return tl.where(count > 0, total / tl.maximum(count, 1).to(total.dtype), 0.0)
 
 
@@ -357,17 +405,17 @@ def _backward_kernel(
             xs0, xs1, xs2, xs3, ACC, MODE, RESIDUAL, SEPARATE_X, TV, BLOCK)
         at_lo = valid & (x == lo)
         at_hi = valid & (x == hi)
-        share_lo = _share(tl.sum(tl.where(valid, dlo, 0.0), axis=0),
-                          tl.sum(at_lo.to(tl.int32), axis=0))
-        share_hi = _share(tl.sum(tl.where(valid, dhi, 0.0), axis=0),
-                          tl.sum(at_hi.to(tl.int32), axis=0))
+        share_lo = _share(tl.sum(tl.where(valid, dlo, 0.0).to(tl.float64), axis=0),
+                          tl.sum(at_lo.to(tl.int32), axis=0)).to(ACC)
+        share_hi = _share(tl.sum(tl.where(valid, dhi, 0.0).to(tl.float64), axis=0),
+                          tl.sum(at_hi.to(tl.int32), axis=0)).to(ACC)
         dx += tl.where(at_lo, share_lo, 0.0) + tl.where(at_hi, share_hi, 0.0)
         _store_grads(gt_ptr, gx_ptr, n, c, lanes, valid, W, dt, dx,
                      dts0, dts1, dts2, dts3, dxs0, dxs1, dxs2, dxs3, SEPARATE_X)
     else:
         # Pass 1: lane-wise sums of the lo/hi contributions and tie counts.
-        sum_lo = tl.zeros([BLOCK], ACC)
-        sum_hi = tl.zeros([BLOCK], ACC)
+        sum_lo = tl.zeros([BLOCK], tl.float64)
+        sum_hi = tl.zeros([BLOCK], tl.float64)
         cnt_lo = tl.zeros([BLOCK], tl.int32)
         cnt_hi = tl.zeros([BLOCK], tl.int32)
         for start in range(0, HW, BLOCK):
@@ -377,12 +425,12 @@ def _backward_kernel(
                 g_ptr, t_ptr, x_ptr, a_plane, n, c, j, valid, W, HW, first_counter + start // 4,
                 seed, lo, hi, denom, eps, inv_tau, gtv, gs0, gs1, gs2, gs3, ts0, ts1, ts2, ts3,
                 xs0, xs1, xs2, xs3, ACC, MODE, RESIDUAL, SEPARATE_X, TV, BLOCK)
-            sum_lo += tl.where(valid, dlo, 0.0)
-            sum_hi += tl.where(valid, dhi, 0.0)
+            sum_lo += tl.where(valid, dlo, 0.0).to(tl.float64)
+            sum_hi += tl.where(valid, dhi, 0.0).to(tl.float64)
             cnt_lo += (valid & (x == lo)).to(tl.int32)
             cnt_hi += (valid & (x == hi)).to(tl.int32)
-        share_lo = _share(tl.sum(sum_lo, axis=0), tl.sum(cnt_lo, axis=0))
-        share_hi = _share(tl.sum(sum_hi, axis=0), tl.sum(cnt_hi, axis=0))
+        share_lo = _share(tl.sum(sum_lo, axis=0), tl.sum(cnt_lo, axis=0)).to(ACC)
+        share_hi = _share(tl.sum(sum_hi, axis=0), tl.sum(cnt_hi, axis=0)).to(ACC)
         # Pass 2: recompute each element's derivatives and write them once (one rounding).
         for start in range(0, HW, BLOCK):
             j = start + lanes
@@ -428,12 +476,16 @@ def _check(t, x, tau, mode):
         raise ValueError(f"sharpattn: mode must be one of {tuple(MODES)}, got {mode!r}")
 
 
-def _launch_config(HW: int) -> tuple[bool, int, int]:
-    """(single block?, block size, warps) for a plane of HW positions."""
-    if HW <= SINGLE_BLOCK_CAP:
-        block = max(16, triton.next_power_of_2(HW))
-        return True, block, min(16, max(1, block // 512))
-    return False, TILE, 8
+def _launch_config(HW: int, dtype: torch.dtype) -> tuple[bool, int, int]:
+    """(single block?, block size, warps) for a plane of HW positions of a `dtype` map.
+
+    At most ELEMENTS_PER_THREAD positions per thread (half for float64) and MAX_WARPS warps;
+    a larger plane is walked in tiles of the largest block.
+    """
+    per_thread = ELEMENTS_PER_THREAD // 2 if dtype == torch.float64 else ELEMENTS_PER_THREAD
+    cap = MAX_WARPS * 32 * per_thread
+    block = min(cap, max(16, triton.next_power_of_2(HW)))
+    return HW <= cap, block, max(1, block // (32 * per_thread))
 
 
 @launcher
@@ -457,7 +509,7 @@ def forward(t, x, tau, seed, offset, mode, residual, eps, return_mask, return_tv
         tv.zero_()
         return result
     xx = t if x is None else x
-    single, block, warps = _launch_config(HW)
+    single, block, warps = _launch_config(HW, t.dtype)
     mask_arg = mask if return_mask else out  # never written when WRITE_MASK is off
     scratch = t.new_empty((N * C * HW if with_tv else 1,), dtype=acc_torch)
     _forward_kernel[(N * C,)](
@@ -496,7 +548,7 @@ def backward(grad_out, grad_tv, t, x, stats, tau, seed, offset, mode, residual, 
         return grad_t, grad_x
     xx = t if x is None else x
     gx = grad_x if x is not None else grad_t  # never written when x is None
-    single, block, warps = _launch_config(HW)
+    single, block, warps = _launch_config(HW, t.dtype)
     scratch = t.new_empty((N * C * HW if with_tv else 1,), dtype=acc_torch)
     _backward_kernel[(N * C,)](
         grad_out, t, xx, stats, grad_tv if with_tv else stats, scratch, grad_t, gx,
