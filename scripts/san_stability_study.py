@@ -52,6 +52,11 @@ VARIANTS = {
     "ft_demo_baseline": ("synthetic/baseline_ft", []),
     "ft_demo_san": ("synthetic/san_ft", []),
     "ft_demo_aaanet": ("synthetic/aaanet", []),
+    # stage 1 three times as long (60 epochs, lr step at 40): does a converged classifier help?
+    "ft_demo_aaanet_long1": ("synthetic/aaanet", [
+        "stages=[{name: classifier, aaanet: {stage: classifier}, optim: {lr: 1.0e-3, step_size: 40, epochs: 60}},"
+        " {name: assignment, aaanet: {stage: assignment}, optim: {lr: 1.0e-2, step_size: 4, epochs: 8}},"
+        " {name: adversarial, aaanet: {stage: adversarial}, optim: {lr: 1.0e-3, step_size: 6, epochs: 12}}]"]),
 }
 
 
