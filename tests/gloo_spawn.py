@@ -5,10 +5,17 @@ gloo binds to the address the machine's hostname resolves to, and in a sandbox t
 accept the bind but never the connection, so both ranks wait for the process group's timeout
 (30 minutes) instead of failing. Here a stuck collective fails after `COLLECTIVE_TIMEOUT`, and a
 run that outlives `deadline_s` is killed and reported, naming the ranks still alive.
+
+A worker ends with `finish_gloo()`, which leaves the process at once after the last barrier
+instead of destroying the process group: with torch 2.11 (the GPU machine's stack) a rank
+deadlocked in that teardown, its main thread (holding the GIL) in the gloo process group's
+destructor waiting for gloo's worker thread, which waited for the GIL to free a tensor of the
+last collective (py-spy in CI's second stack; the test then hung until CI's time ran out).
 """
 
 import datetime
 import os
+import sys
 import time
 
 import pytest
@@ -27,8 +34,12 @@ def init_gloo(rank: int, world: int, init_file: str) -> None:
 
 
 def finish_gloo() -> None:
-    dist.barrier()  # no rank tears the group down while another still uses it
-    dist.destroy_process_group()
+    """The last call of a worker that succeeded: every rank is done, then the process exits
+    (code 0) without tearing anything down. Not for a `finally:` (it would hide an error)."""
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(worker, args, nprocs: int = 2, deadline_s: float = 600) -> None:

@@ -36,28 +36,26 @@ def _batch():
 
 def _loss_worker(rank, world, init_file, out_dir):
     _init(rank, world, init_file)
-    try:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.nn.parallel import DistributedDataParallel as DDP
 
-        from sharpattn.reid.recipes import compute_loss
-        from sharpattn.reid.modeling import build_model, model_spec
-        from sharpattn.reid.engine.optim import clip_gradients
-        cfg = _tiny_cfg(["model.arch=tiny_nobn"])
-        torch.manual_seed(0)
-        raw = build_model(model_spec(cfg.model))
-        model = DDP(raw)
-        images, pids = _batch()
-        share = slice(rank * 8, (rank + 1) * 8)
-        loss, st = compute_loss(model, images[share], pids[share], cfg, raw)
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in raw.named_parameters()}
-        # the engine clips after DDP's backward has averaged the gradients: the same on every rank
-        norm, clipped = clip_gradients(raw.parameters(), CLIP)
-        clipped_grads = {n: p.grad.clone() for n, p in raw.named_parameters()}
-        torch.save({"stats": dict(st), "grads": grads, "norm": norm, "clipped": clipped,
-                    "clipped_grads": clipped_grads}, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        finish_gloo()
+    from sharpattn.reid.recipes import compute_loss
+    from sharpattn.reid.modeling import build_model, model_spec
+    from sharpattn.reid.engine.optim import clip_gradients
+    cfg = _tiny_cfg(["model.arch=tiny_nobn"])
+    torch.manual_seed(0)
+    raw = build_model(model_spec(cfg.model))
+    model = DDP(raw)
+    images, pids = _batch()
+    share = slice(rank * 8, (rank + 1) * 8)
+    loss, st = compute_loss(model, images[share], pids[share], cfg, raw)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in raw.named_parameters()}
+    # the engine clips after DDP's backward has averaged the gradients: the same on every rank
+    norm, clipped = clip_gradients(raw.parameters(), CLIP)
+    clipped_grads = {n: p.grad.clone() for n, p in raw.named_parameters()}
+    torch.save({"stats": dict(st), "grads": grads, "norm": norm, "clipped": clipped,
+                "clipped_grads": clipped_grads}, Path(out_dir) / f"rank{rank}.pt")
+    finish_gloo()
 
 
 def test_ddp_loss_and_gradients_match_one_process_on_the_whole_batch(tmp_path):
@@ -91,15 +89,13 @@ def test_ddp_loss_and_gradients_match_one_process_on_the_whole_batch(tmp_path):
 
 def _train_worker(rank, world, init_file, data_root, out_dir):
     _init(rank, world, init_file)
-    try:
-        from sharpattn.reid.engine import train
-        cfg = _tiny_cfg([f"data.root={data_root}", "optim.epochs=2", "data.num_identities=2",
-                         f"optim.grad_clip={CLIP}", "train.diagnostics_every=1"])
-        summary = train(cfg, out_dir)
-        if rank == 0:
-            torch.save({"mAP": summary["metrics"]["mAP"]}, Path(out_dir) / "done.pt")
-    finally:
-        finish_gloo()
+    from sharpattn.reid.engine import train
+    cfg = _tiny_cfg([f"data.root={data_root}", "optim.epochs=2", "data.num_identities=2",
+                     f"optim.grad_clip={CLIP}", "train.diagnostics_every=1"])
+    summary = train(cfg, out_dir)
+    if rank == 0:
+        torch.save({"mAP": summary["metrics"]["mAP"]}, Path(out_dir) / "done.pt")
+    finish_gloo()
 
 
 def test_ddp_training_run(tmp_path, data_root):
