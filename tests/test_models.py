@@ -201,7 +201,7 @@ def _ddp_worker(rank, world, init_file, result_file):
     if rank == 0:
         torch.save({"same": all(torch.equal(g, gathered[0]) for g in gathered),
                     "nonzero": bool(grads.abs().sum() > 0),
-                    "tv": float(sharpattn.tv_penalty(ddp))}, result_file)
+                    "tv": float(sharpattn.tv_penalty(ddp).detach())}, result_file)
     finish_gloo()
 
 
