@@ -52,6 +52,8 @@ VARIANTS = {
     "ft_demo_baseline": ("synthetic/baseline_ft", []),
     "ft_demo_san": ("synthetic/san_ft", []),
     "ft_demo_aaanet": ("synthetic/aaanet", []),
+    # the stage-3 mask occludes the top third of M_att's positions, not those above 0.5
+    "ft_demo_aaanet_top": ("synthetic/aaanet", ["aaanet.mask_rule=top"]),
     # stage 1 three times as long (60 epochs, lr step at 40): does a converged classifier help?
     "ft_demo_aaanet_long1": ("synthetic/aaanet", [
         "stages=[{name: classifier, aaanet: {stage: classifier}, optim: {lr: 1.0e-3, step_size: 40, epochs: 60}},"
