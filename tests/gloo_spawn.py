@@ -1,10 +1,9 @@
 """Two-process gloo tests that cannot hang CI.
 
-The rendezvous is a file and the gloo transport is pinned to the loopback interface: by default
-gloo binds to the address the machine's hostname resolves to, and in a sandbox that address may
-accept the bind but never the connection, so both ranks wait for the process group's timeout
-(30 minutes) instead of failing. Here a stuck collective fails after `COLLECTIVE_TIMEOUT`, and a
-run that outlives `deadline_s` is killed and reported, naming the ranks still alive.
+The rendezvous is a file and the gloo transport is pinned to the loopback interface, so the
+tests do not depend on what the machine's hostname resolves to. A stuck collective fails after
+`COLLECTIVE_TIMEOUT` (the default is 30 minutes), and a run that outlives `deadline_s` is killed
+and reported, naming the ranks still alive.
 
 A worker ends with `finish_gloo()`, which leaves the process at once after the last barrier
 instead of destroying the process group: with torch 2.11 (the GPU machine's stack) a rank
