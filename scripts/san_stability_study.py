@@ -59,6 +59,14 @@ VARIANTS = {
         "stages=[{name: classifier, aaanet: {stage: classifier}, optim: {lr: 1.0e-3, step_size: 40, epochs: 60}},"
         " {name: assignment, aaanet: {stage: assignment}, optim: {lr: 1.0e-2, step_size: 4, epochs: 8}},"
         " {name: adversarial, aaanet: {stage: adversarial}, optim: {lr: 1.0e-3, step_size: 6, epochs: 12}}]"]),
+    # control: stage 3 replaced by more of stage 1 (cross-entropy on original maps only) with
+    # stage 3's optimiser and length: what does AAA-Net's stage 3 add to simply training longer?
+    "ft_demo_aaanet_ce3": ("synthetic/aaanet", [
+        "stages=[{name: classifier, aaanet: {stage: classifier}, optim: {lr: 1.0e-3, step_size: 10, epochs: 20}},"
+        " {name: assignment, aaanet: {stage: assignment}, optim: {lr: 1.0e-2, step_size: 4, epochs: 8}},"
+        " {name: more_classifier, aaanet: {stage: classifier}, optim: {lr: 1.0e-3, step_size: 6, epochs: 12}}]"]),
+    # M_occ is the 0/1 keep mask of the hardest cell instead of the channel-mean response
+    "ft_demo_aaanet_keep": ("synthetic/aaanet", ["aaanet.occlusion_target=keep"]),
 }
 
 

@@ -43,6 +43,7 @@ class SyntheticConfig:
     seed: int = 0
     outfits: typing.Optional[int] = None  # n random outfits (easier) instead of 3 shared ones
     cue_scale: float = 1.0           # size of the identity badge / bag
+    test_draw: int = 0               # > 0: same training set, a fresh test half (make_synthetic)
 
 
 @dataclass

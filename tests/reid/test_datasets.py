@@ -287,8 +287,47 @@ def test_synthetic_is_market_format_and_deterministic(tmp_path):
     assert content(c) != content(a)  # another seed, other pictures
 
 
+def test_synthetic_test_draws_keep_the_training_set_and_redraw_the_test_half(tmp_path):
+    kw = dict(num_ids=12, num_cams=3, num_distractors=3, num_junk=1, seed=5, outfits=4, cue_scale=1.5)
+    base = make_synthetic(tmp_path / "d0", **kw)
+    one = make_synthetic(tmp_path / "d1", test_draw=1, **kw)
+    again = make_synthetic(tmp_path / "d1b", test_draw=1, **kw)
+    two = make_synthetic(tmp_path / "d2", test_draw=2, **kw)
+    content = lambda root, split: [(n, (root / split / n).read_bytes()) for n in sorted(os.listdir(root / split))]
+    for draw in (one, two):
+        assert content(draw, "bounding_box_train") == content(base, "bounding_box_train")
+        assert content(draw, "query") != content(base, "query")
+        ds = Market1501(draw)
+        assert ds.num_train_pids == 6
+        assert {pid for _, pid, _ in ds.query} == {7, 8, 9, 10, 11, 12}
+        assert sum(pid == 0 for _, pid, _ in ds.gallery) == 3
+        for _, pid, cam in ds.query:
+            assert any(g == pid and c != cam for _, g, c in ds.gallery)
+    assert content(one, "query") != content(two, "query")
+    for split in ("bounding_box_test", "query"):  # a draw is a function of its arguments
+        assert content(one, split) == content(again, split)
+
+
+def test_synthetic_test_draw_identities_are_new_and_dressed_as_draw_0():
+    import numpy as np
+
+    from sharpattn.reid.datasets import synthetic
+
+    rng = np.random.default_rng(0)
+    idents = synthetic._identities(20, rng)
+    synthetic._own_outfits(idents, 6, seed=0)
+    fresh = synthetic._fresh_test_identities(idents, 10, 6, 0, np.random.default_rng(1))
+    cue = lambda i: (tuple(i["colour"]), i["pattern"], i["place"])
+    assert len(fresh) == 10 and len({cue(i) for i in fresh}) == 10
+    assert not {cue(i) for i in fresh} & {cue(i) for i in idents[:10]}
+    for k, i in enumerate(fresh):  # test identity k + 10 wears what draw 0's did
+        assert all(np.array_equal(a, b) for a, b in zip(i["clothes"], idents[k + 10]["clothes"]))
+
+
 def test_synthetic_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="cams_per_id"):
         make_synthetic(tmp_path, num_ids=4, num_cams=2, cams_per_id=(1, 2))
     with pytest.raises(ValueError, match="num_ids"):
         make_synthetic(tmp_path, num_ids=1000)
+    with pytest.raises(ValueError, match="test_draw"):
+        make_synthetic(tmp_path, num_ids=4, test_draw=-1)

@@ -42,7 +42,8 @@ def synthetic_root(data_cfg):
     name = (f"synthetic_ids{s.num_ids}_cams{s.num_cams}_ipc{ipc}_{s.height}x{s.width}"
             f"_d{s.num_distractors}_j{s.num_junk}_seed{s.seed}"
             f"{'' if s.outfits is None else f'_outfits{s.outfits}'}"
-            f"{'' if s.cue_scale == 1 else f'_cue{s.cue_scale:g}'}")
+            f"{'' if s.cue_scale == 1 else f'_cue{s.cue_scale:g}'}"
+            f"{'' if s.test_draw == 0 else f'_draw{s.test_draw}'}")
     return Path(_root(data_cfg)) / name
 
 
@@ -54,7 +55,8 @@ def _synthetic(data_cfg, rank):
         s = data_cfg.synthetic
         make_synthetic(out, num_ids=s.num_ids, num_cams=s.num_cams, images_per_cam=tuple(s.images_per_cam),
                        height=s.height, width=s.width, num_distractors=s.num_distractors,
-                       num_junk=s.num_junk, seed=s.seed, outfits=s.outfits, cue_scale=s.cue_scale)
+                       num_junk=s.num_junk, seed=s.seed, outfits=s.outfits, cue_scale=s.cue_scale,
+                       test_draw=s.test_draw)
         (out / ".complete").write_text("written by sharpattn.reid.make_synthetic\n")
     barrier()
     return Market1501(out)

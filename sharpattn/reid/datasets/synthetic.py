@@ -132,6 +132,24 @@ def _identities(num_ids, rng):
     return out
 
 
+def _fresh_test_identities(idents, num_train, outfits, seed, rng):
+    """New test identities for a test draw: cue combinations that no training identity has, each
+    dressed as the draw-0 test identity in its place (shared outfit from ``rng``, or own outfit
+    ``k mod outfits``)."""
+    taken = {(tuple(i["colour"]), i["pattern"], i["place"]) for i in idents[:num_train]}
+    free = [(c, p, pl) for c in range(len(_CUE_COLOURS)) for p in range(len(_PATTERNS))
+            for pl in range(len(_PLACES))
+            if (tuple(_CUE_COLOURS[c]), _PATTERNS[p], _PLACES[pl]) not in taken]
+    need = len(idents) - num_train  # <= len(free): a dataset never has more identities than combinations
+    fresh = [{"colour": _CUE_COLOURS[c], "pattern": _PATTERNS[p], "place": _PLACES[pl],
+              "outfit": int(rng.integers(len(_OUTFITS)))}
+             for c, p, pl in (free[k] for k in rng.permutation(len(free))[:need])]
+    if outfits is not None:
+        dressed = [dict(i) for i in idents[:num_train]] + fresh  # positions decide the outfit
+        _own_outfits(dressed, outfits, seed)
+    return fresh
+
+
 def _own_outfits(idents, num_outfits, seed):
     """Give identities ``num_outfits`` random (shirt, trousers) colours, from their own stream
     (so the rest of the dataset is drawn exactly as without them)."""
@@ -145,7 +163,7 @@ def _own_outfits(idents, num_outfits, seed):
 
 def make_synthetic(root, num_ids=100, num_cams=4, cams_per_id=None, images_per_cam=(2, 4),
                    height=128, width=64, num_distractors=20, num_junk=5, seed=0, outfits=None,
-                   cue_scale=1.0):
+                   cue_scale=1.0, test_draw=0):
     """Write a synthetic re-ID dataset in Market-1501's layout under ``root`` and return ``root``.
 
     Identities ``1..num_ids``: the first half train, the second half test. Each identity is seen
@@ -159,6 +177,12 @@ def make_synthetic(root, num_ids=100, num_cams=4, cams_per_id=None, images_per_c
     the (k mod n)-th of n random outfits instead of the three shared ones (``n = num_ids``: every
     identity has its own clothes; smaller n: identities sharing clothes still differ only by
     their cue); ``cue_scale`` enlarges the badge or bag. The defaults write the hard dataset.
+
+    ``test_draw=d > 0`` writes the same training images (byte for byte) and cameras with a fresh
+    test half: new identities (cue combinations no training identity has, dressed as draw 0's
+    test identities are), their queries, gallery, distractors and junk, from a random stream of
+    their own. A model trained on draw 0 can then be scored on many test sets of the same size
+    and difficulty, which resolves differences that one small test set cannot.
     """
     from PIL import Image
 
@@ -170,6 +194,8 @@ def make_synthetic(root, num_ids=100, num_cams=4, cams_per_id=None, images_per_c
         raise ValueError(f"cams_per_id={cams_per_id} must satisfy 2 <= lo <= hi <= num_cams={num_cams}")
     if not 2 <= images_per_cam[0] <= images_per_cam[1]:
         raise ValueError(f"images_per_cam={images_per_cam} must satisfy 2 <= lo <= hi")
+    if test_draw < 0:
+        raise ValueError(f"test_draw must be >= 0, got {test_draw}")
     if height < 32 or width < 16:
         raise ValueError(f"images must be at least 32x16, got {height}x{width}")
 
@@ -195,8 +221,8 @@ def make_synthetic(root, num_ids=100, num_cams=4, cams_per_id=None, images_per_c
         Image.fromarray(img).save(folder / f"{name}_c{cam + 1}s1_{frame:06d}_00.jpg", quality=95)
 
     num_train = num_ids // 2
-    for k, ident in enumerate(idents):
-        pid = k + 1
+
+    def render_identity(pid, ident, rng):
         n_cams = int(rng.integers(cams_per_id[0], cams_per_id[1] + 1))
         cams = sorted(rng.choice(num_cams, size=n_cams, replace=False).tolist())
         for cam in cams:
@@ -207,6 +233,17 @@ def make_synthetic(root, num_ids=100, num_cams=4, cams_per_id=None, images_per_c
                     save(dirs["bounding_box_train"], pid, cam, img)
                 else:
                     save(dirs["query"] if i == 0 else dirs["bounding_box_test"], pid, cam, img)
+
+    if test_draw:  # training identities drawn and rendered as in draw 0, the test half afresh
+        for k, ident in enumerate(idents[:num_train]):
+            render_identity(k + 1, ident, rng)
+        rng = np.random.default_rng([seed, 104729, test_draw])
+        idents = idents[:num_train] + _fresh_test_identities(idents, num_train, outfits, seed, rng)
+        for k in range(num_train, num_ids):
+            render_identity(k + 1, idents[k], rng)
+    else:  # one stream for everything: the files of every dataset written before test_draw existed
+        for k, ident in enumerate(idents):
+            render_identity(k + 1, ident, rng)
     extra = _identities(min(num_distractors, 120), rng) if num_distractors else []
     if outfits is not None and extra:
         _own_outfits(extra, len(extra), seed + 1)
