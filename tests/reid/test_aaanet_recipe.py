@@ -127,12 +127,3 @@ def test_eval_of_a_stage_checkpoint(three_stages, tmp_path, capsys):
     assert eval_main([str(best), "-o", str(tmp_path / "eval2"), "--metric", "kissme"]) == 2
     err = capsys.readouterr().err
     assert "kissme cannot be fitted" in err and "Traceback" not in err
-
-
-def test_several_processes_are_refused_not_silently_unsynchronised(tiny_config):
-    from sharpattn.reid.config import ConfigError
-    from sharpattn.reid.recipes import AAANetRecipe
-    stage = _config(tiny_config).stage_configs()[0]
-    AAANetRecipe(stage, torch.device("cpu"), world=1)
-    with pytest.raises(ConfigError, match="one process"):
-        AAANetRecipe(stage, torch.device("cpu"), world=2)

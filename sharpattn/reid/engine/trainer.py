@@ -104,12 +104,14 @@ class Trainer(TrainState):
             self.recipe.start_from(self.raw_model, self.init_from)
         if cfg.train.channels_last:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
-        self.model = self.raw_model
+        # The optimiser first: building it decides what trains (a stage freezes parts), and DDP
+        # syncs exactly the parameters that require gradients when it is built.
+        self.optimizer = self.recipe.build_optimizer(self.raw_model)
+        self.model = self.recipe.step_module(self.raw_model)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DDP(self.raw_model, device_ids=ids)
-        self.optimizer = self.recipe.build_optimizer(self.raw_model)
+            self.model = DDP(self.model, device_ids=ids)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.epoch, self.step, self.global_step = 0, 0, 0

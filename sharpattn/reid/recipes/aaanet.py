@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from sharpattn.models.aaanet import true_class_probability
 
-from ..config import ConfigError, register_section
+from ..config import register_section
 from ..losses import aaa_adversarial_loss, attention_assignment_loss
 from .base import Recipe
 from .registry import register_recipe
@@ -66,6 +66,23 @@ MODEL_OPTIONS = ("mask_source", "mask_rule", "mask_threshold", "mask_fraction", 
 register_section("aaanet", AAANetOptions)
 
 
+class StageStep(torch.nn.Module):
+    """One training step of the current stage as one forward over the model.
+
+    The steps call the model's parts (``middle``, ``rest``, ``classify``, ``attention``), which a
+    DistributedDataParallel around the model would not see; around this module it does, and
+    averages the gradients of everything the step computed. Its parameters are the model's.
+    """
+
+    def __init__(self, model, recipe):
+        super().__init__()
+        self.model = model
+        self.run_stage = getattr(recipe, f"_{recipe.options.stage}_step")
+
+    def forward(self, images, pids):
+        return self.run_stage(self.model, images, pids)
+
+
 @register_recipe
 class AAANetRecipe(Recipe):
     name = "aaanet"
@@ -76,11 +93,6 @@ class AAANetRecipe(Recipe):
     def __init__(self, cfg, device, world=1):
         super().__init__(cfg, device, world)
         self.options = cfg.section("aaanet")
-        if world > 1:
-            # The steps call the model's parts (middle, rest, classify, attention), which a DDP
-            # wrapper does not see: its gradients would not be averaged. Refused, not wrong.
-            raise ConfigError("recipe aaanet trains in one process: torchrun with several processes is not "
-                              "supported yet (its steps bypass DistributedDataParallel's forward)")
         if self.options.stage not in STAGES:
             raise ValueError(f"aaanet.stage must be one of {', '.join(STAGES)}, got {self.options.stage!r}")
 
@@ -101,8 +113,11 @@ class AAANetRecipe(Recipe):
         return super().trainable_parameters(model)
 
     # -- steps -------------------------------------------------------------------------------
+    def step_module(self, raw_model):
+        return StageStep(raw_model, self)
+
     def step(self, model, raw_model, images, pids):
-        return getattr(self, f"_{self.options.stage}_step")(raw_model, images, pids)
+        return model(images, pids)  # StageStep, or DDP around it
 
     def _stats(self, loss, ce, logits, pids, attention=0.0, adversarial=0.0, gated=0.0):
         accuracy = (logits.argmax(1) == pids).float().mean()

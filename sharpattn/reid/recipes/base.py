@@ -104,9 +104,16 @@ class Recipe:
         """Put the model in training mode (a recipe with frozen parts keeps their BN in eval)."""
         model.train()
 
+    def step_module(self, raw_model):
+        """The module :meth:`step` runs as ``model``; under torchrun the loop wraps it in
+        DistributedDataParallel, which averages the gradients of what its forward computed. A
+        recipe whose step calls several of the model's parts returns one module whose forward
+        is the whole step (see the AAA-Net recipe); the default is the model itself."""
+        return raw_model
+
     def step(self, model, raw_model, images, pids):
-        """``(loss to backpropagate, {stat: float})`` for one batch; ``model`` may be DDP-wrapped,
-        ``raw_model`` is the module itself."""
+        """``(loss to backpropagate, {stat: float})`` for one batch; ``model`` is
+        :meth:`step_module`'s module, DDP-wrapped under torchrun; ``raw_model`` is the model."""
         raise NotImplementedError
 
     def pictures(self, model, dataset, out_dir, log):
