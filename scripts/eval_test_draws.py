@@ -44,7 +44,23 @@ def find_models(roots):
     return found
 
 
-def score_on_draws(ckpt_path, draws, data_root, threads):
+def bn_statistics_from_training_images(model, dataset, cfg):
+    """A diagnostic: replace every batch norm's running statistics by the average of its batch
+    statistics over the (unaugmented, unoccluded) training images, in batches of eval.batch_size."""
+    from sharpattn.reid.data import eval_loader
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for batch in eval_loader(dataset.train, cfg, ten_crop=False):
+            model(batch[0])
+    model.eval()
+
+
+def score_on_draws(ckpt_path, draws, data_root, threads, bn_from_train=False):
     """``{draw: (rank1, mAP)}`` of one checkpoint, in percent."""
     from sharpattn.reid.config import apply_overrides, config_from_dict
     from sharpattn.reid.data import build_dataset
@@ -59,6 +75,8 @@ def score_on_draws(ckpt_path, draws, data_root, threads):
     model = build_model(ckpt["model_spec"])
     load_model_state(model, ckpt["model"], ckpt["path"])
     model.eval()
+    if bn_from_train:
+        bn_statistics_from_training_images(model, build_dataset(cfg.data), cfg)
     out = {}
     for d in draws:
         apply_overrides(cfg, [f"data.synthetic.test_draw={d}", f"data.root={data_root}"])
@@ -79,6 +97,8 @@ def main():
     p.add_argument("--compare", nargs="*", default=[], metavar="A:B",
                    help="groups to compare seed by seed (A minus B)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--bn-from-train", action="store_true",
+                   help="diagnostic: first recompute every batch norm's running statistics on the clean training images")
     p.add_argument("-o", "--out", type=Path, default=Path("runs/test-draws"))
     args = p.parse_args()
     if args.draws < 1:
@@ -95,11 +115,11 @@ def main():
 
     per_model, t0 = {}, time.time()
     for i, (group, seed, ckpt) in enumerate(models):
-        key = f"{ckpt.resolve()}@{ckpt.stat().st_mtime_ns}"
+        key = f"{ckpt.resolve()}@{ckpt.stat().st_mtime_ns}{'+bn' if args.bn_from_train else ''}"
         have = {int(d): tuple(v) for d, v in cache.get(key, {}).items()}
         missing = [d for d in draws if d not in have]
         if missing:
-            have.update(score_on_draws(ckpt, missing, args.data_root, args.threads))
+            have.update(score_on_draws(ckpt, missing, args.data_root, args.threads, args.bn_from_train))
             cache[key] = {str(d): v for d, v in sorted(have.items())}
             cache_file.write_text(json.dumps(cache, indent=1))
         r1 = [have[d][0] for d in draws]
