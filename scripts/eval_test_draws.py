@@ -96,6 +96,9 @@ def main():
     p.add_argument("--data-root", default="data", help="where the draws are written (data.root)")
     p.add_argument("--compare", nargs="*", default=[], metavar="A:B",
                    help="groups to compare seed by seed (A minus B)")
+    p.add_argument("--exclude", nargs="*", default=[], metavar="TEXT",
+                   help="skip the models whose group contains TEXT (e.g. 2_assignment: its retrieval "
+                        "features are stage 1's, the base is frozen)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--bn-from-train", action="store_true",
                    help="diagnostic: first recompute every batch norm's running statistics on the clean training images")
@@ -109,7 +112,7 @@ def main():
     cache_file = args.out / "per_model.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     draws = list(range(1, args.draws + 1))
-    models = find_models(args.roots)
+    models = [m for m in find_models(args.roots) if not any(t in m[0] for t in args.exclude)]
     if not models:
         raise SystemExit(f"no <variant>/seed<k>/.../last.pt under {', '.join(map(str, args.roots))}")
 

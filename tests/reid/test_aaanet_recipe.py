@@ -127,3 +127,25 @@ def test_eval_of_a_stage_checkpoint(three_stages, tmp_path, capsys):
     assert eval_main([str(best), "-o", str(tmp_path / "eval2"), "--metric", "kissme"]) == 2
     err = capsys.readouterr().err
     assert "kissme cannot be fitted" in err and "Traceback" not in err
+
+
+def test_frozen_bn_keeps_the_base_batch_norms_on_running_statistics(tiny_config):
+    import types
+
+    from sharpattn.reid.modeling import build_model
+    from sharpattn.reid.recipes import AAANetRecipe
+    for frozen in (False, True):
+        stage = _config(tiny_config, f"aaanet.frozen_bn={str(frozen).lower()}").stage_configs()[0]
+        recipe = AAANetRecipe(stage, torch.device("cpu"))
+        model = build_model(recipe.model_spec(types.SimpleNamespace(num_train_pids=4)))
+        recipe.train_mode(model)
+        norms = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+        base = [m for n, m in norms.items() if not n.startswith("attention_head.")]
+        head = [m for n, m in norms.items() if n.startswith("attention_head.")]
+        assert base and head
+        assert all(m.training != frozen for m in base)
+        assert all(m.training for m in head) and model.dropout.training  # dropout and the branch train
+        before = [m.running_mean.clone() for m in base]
+        model(torch.randn(4, 3, 64, 32))
+        moved = [not torch.equal(b, m.running_mean) for b, m in zip(before, base)]
+        assert all(moved) if not frozen else not any(moved)

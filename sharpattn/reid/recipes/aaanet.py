@@ -45,6 +45,7 @@ class AAANetOptions:
     lambda2: float = 1.7             # eq. 4: weight of L_att (eq. 2)
     omega: float = 0.04              # eq. 4: the probability drop above which eq. 4 applies
     occlusion_chunk: int = 0         # images per pass of the hardest-copy search (0: all at once)
+    frozen_bn: bool = False          # the base's batch norms use their running statistics (eval mode)
     # The model's choices where the paper is silent (docs/aaanet.md); null: the model's default.
     mask_source: typing.Optional[str] = None      # stage-3 mask scored by: attention, response (Table 4)
     mask_rule: typing.Optional[str] = None        # threshold or top
@@ -111,6 +112,16 @@ class AAANetRecipe(Recipe):
         for p in model.attention_parameters():
             p.requires_grad_(self.options.stage != "classifier")
         return super().trainable_parameters(model)
+
+    def train_mode(self, model):
+        # frozen_bn: for small inputs and batches, where a batch's statistics over the last conv
+        # module's few positions swing the logits (docs/aaanet.md, "The demo's numbers"). The
+        # attention branch's batch norms, trained from scratch in stage 2, keep training.
+        model.train()
+        if self.options.frozen_bn:
+            for name, module in model.named_modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not name.startswith("attention_head."):
+                    module.eval()
 
     # -- steps -------------------------------------------------------------------------------
     def step_module(self, raw_model):
