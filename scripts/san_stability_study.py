@@ -68,6 +68,11 @@ VARIANTS = {
     # the base's batch norms on running statistics in every stage (stage 1's CE spikes came from
     # batch statistics over layer4's 2 x 1 positions)
     "ft_demo_aaanet_frozenbn": ("synthetic/aaanet", ["aaanet.frozen_bn=true"]),
+    # and stage 1 at 10x the lr (diverged with batch statistics; ~60 steps at 1e-3 leave CE ~1.7)
+    "ft_demo_aaanet_frozenbn_lr1": ("synthetic/aaanet", ["aaanet.frozen_bn=true",
+        "stages=[{name: classifier, aaanet: {stage: classifier}, optim: {lr: 1.0e-2, step_size: 10, epochs: 20}},"
+        " {name: assignment, aaanet: {stage: assignment}, optim: {lr: 1.0e-2, step_size: 4, epochs: 8}},"
+        " {name: adversarial, aaanet: {stage: adversarial}, optim: {lr: 1.0e-3, step_size: 6, epochs: 12}}]"]),
     # M_occ is the 0/1 keep mask of the hardest cell instead of the channel-mean response
     "ft_demo_aaanet_keep": ("synthetic/aaanet", ["aaanet.occlusion_target=keep"]),
 }
