@@ -73,6 +73,9 @@ VARIANTS = {
         "stages=[{name: classifier, aaanet: {stage: classifier}, optim: {lr: 1.0e-2, step_size: 10, epochs: 20}},"
         " {name: assignment, aaanet: {stage: assignment}, optim: {lr: 1.0e-2, step_size: 4, epochs: 8}},"
         " {name: adversarial, aaanet: {stage: adversarial}, optim: {lr: 1.0e-3, step_size: 6, epochs: 12}}]"]),
+    # eq. 4's gate on p_bf / p_af without dropout: with two dropout draws it opened for 4-21 % of
+    # the samples of a stage whose mask occluded nothing
+    "ft_demo_aaanet_gate": ("synthetic/aaanet", ["aaanet.frozen_bn=true", "aaanet.gate_dropout=false"]),
     # M_occ is the 0/1 keep mask of the hardest cell instead of the channel-mean response
     "ft_demo_aaanet_keep": ("synthetic/aaanet", ["aaanet.occlusion_target=keep"]),
 }

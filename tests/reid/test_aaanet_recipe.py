@@ -149,3 +149,26 @@ def test_frozen_bn_keeps_the_base_batch_norms_on_running_statistics(tiny_config)
         model(torch.randn(4, 3, 64, 32))
         moved = [not torch.equal(b, m.running_mean) for b, m in zip(before, base)]
         assert all(moved) if not frozen else not any(moved)
+
+
+@pytest.mark.parametrize("gate_dropout", [True, False])
+def test_the_gate_without_dropout_sees_only_the_occlusion(tiny_config, gate_dropout):
+    # A mask that occludes nothing (threshold above any sigmoid) leaves p_bf = p_af unless the two
+    # classifications draw their own dropout; omega = 0 opens the gate for any positive drop.
+    import types
+
+    from sharpattn.reid.modeling import build_model
+    from sharpattn.reid.recipes import AAANetRecipe
+    stage = _config(tiny_config, "aaanet.mask_threshold=1.5", "aaanet.omega=0.0",
+                    f"aaanet.gate_dropout={str(gate_dropout).lower()}").stage_configs()[2]
+    recipe = AAANetRecipe(stage, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model(recipe.model_spec(types.SimpleNamespace(num_train_pids=4)))
+    recipe.trainable_parameters(model)
+    recipe.train_mode(model)
+    images, pids = torch.randn(16, 3, 64, 32), torch.arange(4).repeat_interleave(4)
+    _, stats = recipe.step(recipe.step_module(model), model, images, pids)
+    if gate_dropout:
+        assert stats["gated"] > 0.2  # dropout noise alone opens it
+    else:
+        assert stats["gated"] == 0.0 and stats["adversarial"] == 0.0

@@ -46,6 +46,7 @@ class AAANetOptions:
     omega: float = 0.04              # eq. 4: the probability drop above which eq. 4 applies
     occlusion_chunk: int = 0         # images per pass of the hardest-copy search (0: all at once)
     frozen_bn: bool = False          # the base's batch norms use their running statistics (eval mode)
+    gate_dropout: bool = True        # eq. 4's p_bf / p_af with dropout (false: the FC without it)
     # The model's choices where the paper is silent (docs/aaanet.md); null: the model's default.
     mask_source: typing.Optional[str] = None      # stage-3 mask scored by: attention, response (Table 4)
     mask_rule: typing.Optional[str] = None        # threshold or top
@@ -160,13 +161,18 @@ class AAANetRecipe(Recipe):
         m_att = model.attention(f_r)
         with torch.no_grad():
             mask = model.binary_mask(m_att, f_r=f_r)
-        logits_bf = model.classify(model.rest(f_r))
-        logits_af = model.classify(model.rest(f_r * mask))
+        pooled_bf, pooled_af = model.rest(f_r), model.rest(f_r * mask)
+        logits_bf, logits_af = model.classify(pooled_bf), model.classify(pooled_af)
         occluded_turn = self.global_step % 2 == 1  # batches alternate: original, occluded, ...
         logits = logits_af if occluded_turn else logits_bf
         ce = F.cross_entropy(logits.float(), pids)
         m_occ = self._hardest(model, f_r.detach(), pids)
-        p_bf, p_af = true_class_probability(logits_bf, pids), true_class_probability(logits_af, pids)
+        if o.gate_dropout:  # the gate sees the CE's logits: two independent dropout draws
+            p_bf, p_af = true_class_probability(logits_bf, pids), true_class_probability(logits_af, pids)
+        else:  # the gate sees the occlusion's effect alone: the FC without dropout
+            with torch.no_grad():
+                p_bf = true_class_probability(model.classifier(pooled_bf), pids)
+                p_af = true_class_probability(model.classifier(pooled_af), pids)
         per_sample = aaa_adversarial_loss(m_att.float(), m_occ.float(), p_bf.detach(), p_af.detach(),
                                           lambda1=o.lambda1, lambda2=o.lambda2, omega=o.omega)
         adversarial = per_sample.mean()
