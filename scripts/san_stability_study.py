@@ -76,6 +76,9 @@ VARIANTS = {
     # eq. 4's gate on p_bf / p_af without dropout: with two dropout draws it opened for 4-21 % of
     # the samples of a stage whose mask occluded nothing
     "ft_demo_aaanet_gate": ("synthetic/aaanet", ["aaanet.frozen_bn=true", "aaanet.gate_dropout=false"]),
+    # a global gradient-norm clip at 20 (healthy epochs' norms are 10-15; blow-ups reached 191
+    # for an epoch's mean with frozen batch norms, and the classifier never recovered)
+    "ft_demo_aaanet_clip": ("synthetic/aaanet", ["aaanet.frozen_bn=true", "optim.grad_clip=20.0"]),
     # M_occ is the 0/1 keep mask of the hardest cell instead of the channel-mean response
     "ft_demo_aaanet_keep": ("synthetic/aaanet", ["aaanet.occlusion_target=keep"]),
 }
