@@ -16,12 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sharpattn.reid.config import config_from_dict
 from sharpattn.reid.data import build_dataset
 from sharpattn.reid.data.transforms import build_train_transform
 from sharpattn.reid.datasets.image_dataset import read_image
-from sharpattn.reid.engine.checkpoint import load_checkpoint, load_model_state
-from sharpattn.reid.modeling import build_model
+from sharpattn.reid.deploy import load_inference_model
 
 MODULES = ("bn1", "layer1", "layer2", "layer3", "layer4")
 
@@ -69,10 +67,7 @@ def main():
     p.add_argument("--batches", type=int, default=30)
     p.add_argument("--spike", type=float, default=4.0, help="a batch's CE above this counts as a spike")
     args = p.parse_args()
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = config_from_dict(ckpt["config"], origin=ckpt["path"])
-    model = build_model(ckpt["model_spec"])
-    load_model_state(model, ckpt["model"], ckpt["path"])
+    model, cfg, _ = load_inference_model(args.checkpoint)
     batches = pk_batches(build_dataset(cfg.data), cfg, args.batches)
 
     def line(what, ce):

@@ -13,18 +13,12 @@ import argparse
 
 import torch
 
-from sharpattn.reid.config import config_from_dict
 from sharpattn.reid.data import build_dataset, eval_loader
-from sharpattn.reid.engine.checkpoint import load_checkpoint, load_model_state
-from sharpattn.reid.modeling import build_model
+from sharpattn.reid.deploy import load_inference_model
 
 
 def occluded_shares(path):
-    ckpt = load_checkpoint(path)
-    cfg = config_from_dict(ckpt["config"], origin=ckpt["path"])
-    model = build_model(ckpt["model_spec"])
-    load_model_state(model, ckpt["model"], ckpt["path"])
-    model.eval()
+    model, cfg, _ = load_inference_model(path)
     shares = []
     with torch.no_grad():
         for batch in eval_loader(build_dataset(cfg.data).train, cfg, ten_crop=False):

@@ -44,39 +44,16 @@ def find_models(roots):
     return found
 
 
-def bn_statistics_from_training_images(model, dataset, cfg):
-    """A diagnostic: replace every batch norm's running statistics by the average of its batch
-    statistics over the (unaugmented, unoccluded) training images, in batches of eval.batch_size."""
-    from sharpattn.reid.data import eval_loader
-
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    model.train()
-    with torch.no_grad():
-        for batch in eval_loader(dataset.train, cfg, ten_crop=False):
-            model(batch[0])
-    model.eval()
-
-
-def score_on_draws(ckpt_path, draws, data_root, threads, bn_from_train=False):
+def score_on_draws(ckpt_path, draws, data_root):
     """``{draw: (rank1, mAP)}`` of one checkpoint, in percent."""
-    from sharpattn.reid.config import apply_overrides, config_from_dict
+    from sharpattn.reid.config import apply_overrides
     from sharpattn.reid.data import build_dataset
-    from sharpattn.reid.engine.checkpoint import load_checkpoint, load_model_state
+    from sharpattn.reid.deploy import load_inference_model
     from sharpattn.reid.evaluation import evaluate
-    from sharpattn.reid.modeling import build_model
 
-    ckpt = load_checkpoint(str(ckpt_path))
-    cfg = config_from_dict(ckpt["config"], origin=ckpt["path"])
+    model, cfg, _ = load_inference_model(str(ckpt_path))
     if cfg.data.name != "synthetic":
         raise SystemExit(f"{ckpt_path}: trained on {cfg.data.name!r}; test draws exist for the synthetic data only")
-    model = build_model(ckpt["model_spec"])
-    load_model_state(model, ckpt["model"], ckpt["path"])
-    model.eval()
-    if bn_from_train:
-        bn_statistics_from_training_images(model, build_dataset(cfg.data), cfg)
     out = {}
     for d in draws:
         apply_overrides(cfg, [f"data.synthetic.test_draw={d}", f"data.root={data_root}"])
@@ -100,8 +77,6 @@ def main():
                    help="skip the models whose group contains TEXT (e.g. 2_assignment: its retrieval "
                         "features are stage 1's, the base is frozen)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--bn-from-train", action="store_true",
-                   help="diagnostic: first recompute every batch norm's running statistics on the clean training images")
     p.add_argument("-o", "--out", type=Path, default=Path("runs/test-draws"))
     args = p.parse_args()
     if args.draws < 1:
@@ -118,11 +93,11 @@ def main():
 
     per_model, t0 = {}, time.time()
     for i, (group, seed, ckpt) in enumerate(models):
-        key = f"{ckpt.resolve()}@{ckpt.stat().st_mtime_ns}{'+bn' if args.bn_from_train else ''}"
+        key = f"{ckpt.resolve()}@{ckpt.stat().st_mtime_ns}"
         have = {int(d): tuple(v) for d, v in cache.get(key, {}).items()}
         missing = [d for d in draws if d not in have]
         if missing:
-            have.update(score_on_draws(ckpt, missing, args.data_root, args.threads, args.bn_from_train))
+            have.update(score_on_draws(ckpt, missing, args.data_root))
             cache[key] = {str(d): v for d, v in sorted(have.items())}
             cache_file.write_text(json.dumps(cache, indent=1))
         r1 = [have[d][0] for d in draws]
