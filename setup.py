@@ -176,6 +176,18 @@ def _build_ext():
     return BuildExtension
 
 
+def _require_torch():
+    """The build imports torch; pip's default build isolation hides the installed one, and an
+    isolated build must not fetch a second torch (pyproject.toml says why)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        sys.exit("sharpattn: building needs the torch you run, and this build environment has none "
+                 "(pip's build isolation hides it): install torch first, then "
+                 "pip install --no-build-isolation .")
+
+
+_require_torch()
 setup(
     # kernels/ sits at the top of the repo (the layout shows the three backends side by side)
     # and is installed as sharpattn.kernels.

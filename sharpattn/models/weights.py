@@ -62,8 +62,8 @@ def load_imagenet_weights(model: nn.Module, path: str | os.PathLike) -> list[str
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"sharpattn: ImageNet weights file {str(path)!r} not found. "
-                                f"{WEIGHTS_HELP}")
+        raise FileNotFoundError(f"sharpattn: weights file {str(path)!r} not found (torchvision's ResNet-50 "
+                                f"ImageNet state_dict, or a sharpattn checkpoint). {WEIGHTS_HELP}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

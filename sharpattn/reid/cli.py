@@ -98,6 +98,7 @@ def _print_table(results, out_root=None):
 
 def run_training(args):
     from .engine import TrainingInterrupted, train
+    from .engine.links import RunLinks
     from .engine.stages import STAGED_CONFIG, is_staged_run
 
     overrides = _shortcuts(args)
@@ -140,6 +141,9 @@ def run_training(args):
             if (d / "last.pt").exists() or is_staged_run(d):
                 raise FileExistsError(f"{d} already holds a run (last.pt); continue it with --resume {d} "
                                       f"or choose another --output")
+    if not args.resume:  # every run:NAME names a run trained before it, or nothing trains
+        RunLinks.check([cfg for cfg, _, _ in jobs])
+    links = RunLinks()
     if not args.config and not args.resume:
         print("sharpattn-train: no --config given, running the synthetic demo on generated data: the ResNet-50 "
               "baseline from scratch, then the baseline, SAN and AAA-Net's three stages starting from its "
@@ -148,7 +152,7 @@ def run_training(args):
     t0 = time.time()
     for cfg, out_dir, resume in jobs:
         try:
-            results.append(train(cfg, out_dir, resume=resume))
+            results.append(train(cfg, out_dir, resume=resume, links=links))
         except TrainingInterrupted as e:
             print(f"\n{e}\ncontinue with: sharpattn-train --resume {out_dir}", file=sys.stderr)
             return 130

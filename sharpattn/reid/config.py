@@ -364,7 +364,8 @@ def load_config(name=None, overrides=()):
 
 
 def apply_overrides(cfg, overrides):
-    """Apply ``["optim.lr=1e-4", "model.blocks=[1,2]", ...]``; values are parsed as YAML."""
+    """Apply ``["optim.lr=1e-4", "model.blocks=[1,2]", ...]``; values are parsed as YAML. An
+    override also replaces the same key where a stage of ``stages`` sets it."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=1e-4)")
@@ -379,4 +380,17 @@ def apply_overrides(cfg, overrides):
         for p in reversed(parts):
             nested = {p: nested}
         _update(cfg, nested, origin=f"override {item!r}")
+        if len(parts) > 1:
+            _override_stages(cfg.stages, parts, value)
     return cfg
+
+
+def _override_stages(stages, parts, value):
+    """A command-line ``section.key=value`` wins over a stage's own setting of that key too
+    (``optim.epochs=1`` cuts every stage to one epoch)."""
+    for stage in stages:
+        node = stage
+        for p in parts[:-1]:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and parts[-1] in node:
+            node[parts[-1]] = value

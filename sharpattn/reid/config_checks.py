@@ -17,6 +17,9 @@ def check_config(cfg):
     def bad(key, msg):
         raise ConfigError(f"config key '{key}': {msg}")
 
+    if cfg.model.weights and "{runs}" in cfg.model.weights:
+        bad("model.weights", f"{cfg.model.weights!r}: the {{runs}} placeholder is gone; name the earlier run of "
+                             f"the same command instead, e.g. model.weights=run:baseline")
     if cfg.recipe not in RECIPES:
         bad("recipe", f"unknown recipe {cfg.recipe!r}; choose one of {', '.join(sorted(RECIPES))}")
     if cfg.data.name not in DATASETS:

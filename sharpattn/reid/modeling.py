@@ -1,16 +1,24 @@
-"""The models the engine can build, and the SAN hooks it calls on them.
+"""The models the training package can build: a name in :data:`MODELS` and its keyword arguments.
 
-The engine knows a model only through a name in :data:`MODELS` and the model-wide helpers of
-the ``sharpattn`` package: ``set_temperature`` (tau of every SharpMask), ``tv_penalty`` (the
-blocks' TV of the last forward), ``recording_masks`` / ``recording_gradients`` (diagnostics and
-pictures). Any ``nn.Module`` mapping images ``(N, 3, H, W)`` to embeddings
-``(N, D)`` can be registered with :func:`register_model`; without sharp attention blocks its TV
-penalty is zero and it has no masks.
+A model is rebuilt from its *spec*, ``{"arch": name, "kwargs": {...}}``, which checkpoints store:
+the architecture only. The file a run was initialised from (``model.weights``) is a training
+input, loaded once by :func:`initialise_from` when a run starts fresh, recorded in the run's
+config for provenance, and never needed to rebuild a trained model. Any ``nn.Module`` mapping
+images ``(N, 3, H, W)`` to embeddings ``(N, D)`` can be registered with :func:`register_model`.
+The loop itself sees the model only through the recipe (``sharpattn.reid.recipes``), which calls
+the model-wide SAN helpers of ``sharpattn`` where it uses them (``set_temperature``,
+``tv_penalty``; the diagnostics call ``recording_masks`` / ``recording_gradients``).
 """
 
 from __future__ import annotations
 
-__all__ = ["MODELS", "build_model", "model_spec", "register_model"]
+from pathlib import Path
+
+__all__ = ["INIT_KEYS", "MODELS", "build_model", "initialise_from", "model_spec", "register_model"]
+
+#: model config keys that say how a run starts, not what the model is: never in a spec (the
+#: checkpoints written before this rule carry them; :func:`build_model` ignores them there)
+INIT_KEYS = ("weights",)
 
 
 def _san_resnet50(**kwargs):
@@ -21,19 +29,16 @@ def _san_resnet50(**kwargs):
     return san_resnet50(**kwargs)
 
 
-def _aaanet_resnet50(weights=None, **kwargs):
-    from sharpattn.models import AAANetResNet50, load_imagenet_weights
+def _aaanet_resnet50(**kwargs):
+    from sharpattn.models import AAANetResNet50
 
     kwargs["grid"] = tuple(kwargs["grid"])
-    model = AAANetResNet50(**kwargs)
-    if weights:
-        load_imagenet_weights(model, weights)
-    return model
+    return AAANetResNet50(**kwargs)
 
 
 #: arch name -> callable(**model kwargs) -> nn.Module. For san_resnet50 the kwargs are the
-#: ``model`` config section without ``arch`` (blocks, context, residual, tv, mask, embedding_dim,
-#: weights); other recipes build theirs (recipes/aaanet.py: num_classes, occlusion_after, ...).
+#: ``model`` config section without ``arch`` and :data:`INIT_KEYS` (blocks, context, residual, tv,
+#: mask, embedding_dim); other recipes build theirs (recipes/aaanet.py: num_classes, occlusion_after, ...).
 MODELS = {"san_resnet50": _san_resnet50, "aaanet_resnet50": _aaanet_resnet50}
 
 
@@ -49,14 +54,39 @@ OPTIONAL_KWARGS = {"range_eps": None, "logit_floor": None, "detach_range": False
 
 
 def model_spec(model_cfg):
-    """``{"arch": ..., "kwargs": {...}}`` from the config's ``model`` section (plain values)."""
+    """``{"arch": ..., "kwargs": {...}}`` from the config's ``model`` section (plain values): the
+    architecture, without the initial weights."""
     kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(model_cfg).items()
-              if k != "arch" and not (k in OPTIONAL_KWARGS and v == OPTIONAL_KWARGS[k])}
+              if k != "arch" and k not in INIT_KEYS and not (k in OPTIONAL_KWARGS and v == OPTIONAL_KWARGS[k])}
     return {"arch": model_cfg.arch, "kwargs": kwargs}
 
 
 def build_model(spec):
+    """The model of ``spec``, freshly initialised; a spec written before :data:`INIT_KEYS` were
+    left out still builds, without reading the file it names."""
     arch = spec["arch"]
     if arch not in MODELS:
         raise ValueError(f"unknown model.arch {arch!r}; registered: {', '.join(sorted(MODELS))}")
-    return MODELS[arch](**dict(spec["kwargs"]))
+    kwargs = {k: v for k, v in spec["kwargs"].items() if k not in INIT_KEYS}
+    return MODELS[arch](**kwargs)
+
+
+def initialise_from(model, weights, what=None):
+    """Load ``weights`` (torchvision ResNet-50 ImageNet weights, or a sharpattn checkpoint whose
+    backbone is used) into the model's backbone; ``what`` names the file in the error when it is
+    missing (e.g. "the checkpoint of run 'baseline'")."""
+    from sharpattn.models import load_imagenet_weights
+    from sharpattn.models.weights import WEIGHTS_HELP
+
+    from .config import ConfigError
+
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        if what is None:
+            looks_like_run = path.name in ("best.pt", "last.pt")
+            what = ("an earlier run's checkpoint" if looks_like_run else
+                    "torchvision's ResNet-50 ImageNet weights")
+        hint = "" if "checkpoint" in what else " " + " ".join(WEIGHTS_HELP.split())
+        raise ConfigError(f"model.weights={weights!r}: {what}, to initialise the backbone from, "
+                          f"is not there ({path.resolve()} does not exist).{hint}")
+    return load_imagenet_weights(model, path)

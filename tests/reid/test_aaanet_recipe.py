@@ -97,16 +97,7 @@ def test_every_aaanet_config_loads():
         assert [s.section("aaanet").stage for s in stages][-1] in ("adversarial", "classifier"), name
 
 
-def test_the_demo_config_runs(tmp_path, data_root):
-    # synthetic/aaanet as the README's main job trains it, each stage cut to one epoch and started
-    # from fresh weights (the demo starts from its baseline's backbone, trained first).
-    cfg = load_config("synthetic/aaanet", [f"data.root={data_root}", "model.weights=null", "train.progress=false",
-                                          "train.pictures=false", "train.threads=1"])
-    for stage in cfg.stages:
-        stage["optim"]["epochs"] = 1
-    summary = train(cfg, tmp_path / "demo")
-    assert [s["name"] for s in summary["stages"]] == ["aaanet/classifier", "aaanet/assignment", "aaanet/adversarial"]
-    assert all(s["metrics"]["rank1"] > 0 for s in summary["stages"])
+# The demo's AAA-Net, chained to the demo's baseline as the main job runs it: test_main_job.py.
 
 
 def test_resume_with_another_aaanet_model_is_refused(three_stages, tiny_config):

@@ -71,16 +71,32 @@ def test_synthetic_configs_use_the_san_model():
     assert (san.data, san.optim, san.tau) == (base.data, base.optim, base.tau)
 
 
-def test_weights_from_another_run_of_the_same_folder(tiny_config, tmp_path):
+def test_weights_from_an_earlier_run_of_the_same_command(tiny_config, tmp_path):
+    """run:NAME is the best.pt of the run NAME trained before it, wherever that run's folder is."""
     from sharpattn.reid.config import ConfigError
-    from sharpattn.reid.engine import Trainer
-    with pytest.raises(ConfigError, match="train that run first"):
-        Trainer(tiny_config("model.weights='{runs}/first/best.pt'"), tmp_path / "second")
-    (tmp_path / "first").mkdir()
-    (tmp_path / "first" / "best.pt").write_bytes(b"")
-    trainer = Trainer(tiny_config("model.weights='{runs}/first/best.pt'"), tmp_path / "second")
-    assert trainer.cfg.model.weights == str(tmp_path / "first" / "best.pt")
-    assert trainer.recipe.model_spec(dataset=None)["kwargs"]["weights"] == str(tmp_path / "first" / "best.pt")
+    from sharpattn.reid.engine.links import RunLinks
+    plain = ["model.blocks=[]", "optim.epochs=1"]  # the tiny net without a sharp attention block
+    first = tiny_config("name=first", *plain)
+    second = tiny_config("name=second", "model.weights=run:first", *plain)
+    with pytest.raises(ConfigError, match="run 'first'"):
+        RunLinks.check([second, first])  # the link points forward: refused before training
+    RunLinks.check([first, second])
+    links = RunLinks()
+    with pytest.raises(ConfigError, match="run 'first'"):
+        train(second, tmp_path / "second", links=links)
+    summary = train(first, tmp_path / "deep" / "er" / "first", links=links)
+    assert links.checkpoints["first"] == (tmp_path / "deep" / "er" / "first" / "best.pt").resolve()
+    summary = train(second, tmp_path / "second", links=links)
+    assert second.model.weights == str(links.checkpoints["first"])
+    ckpt = torch.load(tmp_path / "second" / "best.pt", weights_only=True)
+    assert ckpt["initialised_from"] == second.model.weights and summary["metrics"] is not None
+    assert "weights" not in ckpt["model_spec"]["kwargs"]
+
+
+def test_an_unresolved_link_outside_a_command_is_a_clear_error(tiny_config, tmp_path):
+    from sharpattn.reid.config import ConfigError
+    with pytest.raises(ConfigError, match="run 'first'"):
+        train(tiny_config("model.weights=run:first"), tmp_path / "r")
 
 
 def test_the_demo_chain_fine_tunes_from_the_demo_baseline():
@@ -89,7 +105,7 @@ def test_the_demo_chain_fine_tunes_from_the_demo_baseline():
     assert [c.name for c in cfgs] == ["baseline", "baseline_ft", "san_ft", "aaanet"]
     assert cfgs[0].model.weights is None and cfgs[0].optim.lr == 1e-3
     for c in cfgs[1:]:
-        assert c.model.weights == "{runs}/baseline/best.pt"
+        assert c.model.weights == "run:baseline"
     san_like, aaanet = cfgs[:3], cfgs[3]
     assert all(c.optim.lr == 2e-4 for c in san_like[1:])
     assert cfgs[2].model.blocks == [1, 2, 3, 4] and cfgs[1].model.blocks == []

@@ -1,5 +1,5 @@
-"""The loop every recipe shares: steps, AMP, clipping, stopping, exact resume, evaluation hooks,
-logs, stages, and torchrun's process groups."""
+"""The loop every recipe shares: steps, AMP, clipping, stopping, exact resume, periodic evaluation
+with best tracking, logs, stages, runs that start from each other, and torchrun's process groups."""
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import resolve_device, setup_distributed

@@ -38,7 +38,7 @@ class TrainState:
             "global_step": self.global_step, "world_size": self.world, "rng": rngs,
             "history": self.history, "best": dict(self.best), "metrics": self.last_metrics,
             "config": config_to_dict(self.cfg), "epoch_acc": self._epoch_acc,
-            "torch_version": str(torch.__version__),
+            "torch_version": str(torch.__version__), "initialised_from": self.initialised_from,
         }
 
     def save_last(self):
@@ -51,7 +51,8 @@ class TrainState:
     def _save_best(self):
         save_checkpoint({"format": FORMAT, "kind": "model", "model_spec": self.spec,
                          "model": self.raw_model.state_dict(), "config": config_to_dict(self.cfg),
-                         "metrics": self.last_metrics, "epoch": self.epoch}, self.out_dir / "best.pt")
+                         "metrics": self.last_metrics, "epoch": self.epoch,
+                         "initialised_from": self.initialised_from}, self.out_dir / "best.pt")
 
     def _load_state(self, ckpt):
         if ckpt.get("kind") != "train":

@@ -41,19 +41,6 @@ from .stop import StopFlag, TrainingInterrupted
 __all__ = ["Trainer", "TrainingInterrupted", "train"]
 
 
-def _resolve_runs_folder(cfg, out_dir):
-    """``{runs}`` in ``model.weights`` is the folder that holds this run, so that a config can start
-    from another run of the same invocation (the demo's fine-tuned models from its baseline)."""
-    weights = cfg.model.weights
-    if not weights or "{runs}" not in weights:
-        return
-    cfg.model.weights = weights.replace("{runs}", str(Path(out_dir).parent))
-    if not Path(cfg.model.weights).is_file():
-        raise ConfigError(f"model.weights={weights!r} is {cfg.model.weights}, which does not exist: train that "
-                          f"run first, in the same folder (e.g. sharpattn-train --config synthetic/baseline "
-                          f"--config synthetic/san_ft), or give model.weights a file")
-
-
 class Trainer(TrainState):
     """Train one model with the config's recipe, writing into ``out_dir``.
 
@@ -65,7 +52,6 @@ class Trainer(TrainState):
     def __init__(self, cfg: Config, out_dir, resume=None, stop_at=None, log=print, init_from=None):
         self.cfg = cfg.validate()
         self.out_dir = Path(out_dir)
-        _resolve_runs_folder(cfg, self.out_dir)
         self.stop_at, self.init_from = stop_at, init_from
         self.rank, self.world, self.local_rank = setup_distributed(cfg.train.device)
         self.main = self.rank == 0
@@ -100,8 +86,14 @@ class Trainer(TrainState):
         self.train_set = SeededImages(self.dataset.train, build_train_transform(
             cfg.data.height, cfg.data.width, erasing_p=cfg.data.random_erasing))
         self.raw_model = self.recipe.build_model(self.spec).to(self.device)
-        if self.init_from is not None and self.resume_ckpt is None:
+        # What the weights started from (recorded in checkpoints, never needed to rebuild them).
+        if self.resume_ckpt is not None:
+            self.initialised_from = self.resume_ckpt.get("initialised_from")
+        elif self.init_from is not None:  # a previous stage's last.pt
             self.recipe.start_from(self.raw_model, self.init_from)
+            self.initialised_from = str(Path(self.init_from.get("path", "")).resolve())
+        else:
+            self.initialised_from = self.recipe.initialise(self.raw_model)
         if cfg.train.channels_last:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
         # The optimiser first: building it decides what trains (a stage freezes parts), and DDP
@@ -328,8 +320,21 @@ class Trainer(TrainState):
         return summary
 
 
-def train(cfg, out_dir, resume=None, **kwargs):
-    """Train as configured; a config with ``stages`` trains each in turn (see ``stages.py``)."""
+def train(cfg, out_dir, resume=None, links=None, **kwargs):
+    """Train as configured; a config with ``stages`` trains each in turn (see ``stages.py``).
+
+    ``links``: the :class:`~sharpattn.reid.engine.links.RunLinks` of the runs trained before this
+    one in the same invocation, which ``model.weights: run:NAME`` names; the finished run is added.
+    """
+    if links is not None and resume is None:
+        links.resolve(cfg)
+    summary = _train(cfg, out_dir, resume, **kwargs)
+    if links is not None:
+        links.add(summary)
+    return summary
+
+
+def _train(cfg, out_dir, resume, **kwargs):
     if cfg.stages:
         from .stages import train_stages
         return train_stages(cfg, out_dir, resume=resume, **kwargs)

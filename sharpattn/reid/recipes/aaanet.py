@@ -102,7 +102,7 @@ class AAANetRecipe(Recipe):
     def model_spec(self, dataset):
         o = self.cfg.section("aaanet")
         kwargs = {"num_classes": None if dataset is None else dataset.num_train_pids, "occlusion_after": o.occlusion_after,
-                  "dropout": o.dropout, "grid": list(o.grid), "weights": self.cfg.model.weights}
+                  "dropout": o.dropout, "grid": list(o.grid)}
         kwargs.update({k: getattr(o, k) for k in MODEL_OPTIONS if getattr(o, k) is not None})
         return {"arch": "aaanet_resnet50", "kwargs": kwargs}
 

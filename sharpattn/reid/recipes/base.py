@@ -20,12 +20,15 @@ docs/training.md "Adding a recipe" walks through one.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..data import IdentityBatchSampler
 from ..engine.checkpoint import load_model_state
 from ..engine.schedule import lr_schedule
-from ..modeling import build_model, model_spec
+from ..engine.links import linked_run, unresolved_link_error
+from ..modeling import build_model, initialise_from, model_spec
 
 __all__ = ["Recipe", "build_optimizer"]
 
@@ -87,6 +90,17 @@ class Recipe:
 
     def build_optimizer(self, model):
         return build_optimizer(self.trainable_parameters(model), self.cfg.optim)
+
+    def initialise(self, model):
+        """Load ``model.weights`` into a run that starts fresh (neither resumed nor a later stage);
+        returns the file's absolute path, or None when the model starts from scratch."""
+        weights = self.cfg.model.weights
+        if not weights:
+            return None
+        if linked_run(weights) is not None:  # train() resolves it within an invocation
+            raise unresolved_link_error(self.cfg)
+        initialise_from(model, weights)
+        return str(Path(weights).expanduser().resolve())
 
     def start_from(self, model, checkpoint):
         """Load the weights a previous stage ended with (``checkpoint``: its loaded ``last.pt``)."""
