@@ -9,15 +9,18 @@
 #   env         Python, torch, CUDA, Triton, nvcc, driver, compute-sanitizer, GPU, build_info
 #   tests       pytest -m "cuda or triton" (compiled Triton on the GPU, the CUDA kernels)
 #   memcheck racecheck initcheck synccheck
-#               compute-sanitizer over a subset of the CUDA backend's tests (sanitizers)
+#               compute-sanitizer over a subset of the CUDA backend's tests (sanitizers);
+#               skipped, saying why, where a probe first finds compute-sanitizer refused
 #   ddp         sharpattn.reid trained by 2 processes (torchrun): NCCL with 2+ GPUs, gloo with
 #               CUDA tensors on one GPU
+#   demo        the user's path: sharpattn-train's synthetic demo on the GPU (AMP bf16,
+#               channels_last, 2 epochs a run), sharpattn-eval and sharpattn-export of SAN
 #   bench-targets bench-models bench-ops-block1 bench-ops-blocks2-4     (bench)
 #   report      python -m benchmarks.report over the run's benchmark JSON: tables, PNGs, targets
 # Everything goes to benchmarks/results/gpu-check/<gpu>-<date>/ (or $GPU_CHECK_OUT): one log
-# per step, junit.xml, ddp.json, bench/ (JSON, README.md, PNGs), summary.txt / summary.json
-# (what ran, exit codes, times, what was skipped and why). Exit 0 when every step that ran
-# passed, 1 otherwise, 2 for a usage error.
+# per step, junit.xml, ddp.json, demo.json, bench/ (JSON, README.md, PNGs), summary.txt /
+# summary.json (what ran, exit codes, times, what was skipped and why). Exit 0 when every step
+# that ran passed, 1 otherwise, 2 for a usage error.
 #
 #   bash scripts/gpu_check.sh                     # everything (python3 must have torch)
 #   bash scripts/gpu_check.sh --plan              # the steps, timeouts and commands; runs nothing

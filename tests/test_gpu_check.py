@@ -1,10 +1,14 @@
 """scripts/gpu_check.sh, as far as a machine without a GPU can check it, in seconds: the shell
 parses, the plan for an H100/H200 holds every required step with a timeout and the right
-command, a CPU machine skips the GPU steps saying why, and the runner enforces timeouts and the
-budget, keeps going past a failure and runs a phase side by side. Nothing is built here."""
+command (the demo's CLIs with CUDA, bf16 and channels_last) within the budget, a CPU machine
+skips the GPU steps saying why, a compute-sanitizer that refuses the device (a fake one) skips
+the sanitizer steps, and the runner enforces timeouts and the budget, keeps going past a failure
+and runs a phase side by side. Nothing is built or trained here."""
 
 import importlib.util
+import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -22,7 +26,8 @@ import plan  # noqa: E402
 import runner  # noqa: E402
 
 REQUIRED = ["build", "env", "tests", "memcheck", "racecheck", "initcheck", "synccheck", "ddp",
-            "bench-targets", "bench-models", "bench-ops-block1", "bench-ops-blocks2-4", "report"]
+            "demo", "bench-targets", "bench-models", "bench-ops-block1", "bench-ops-blocks2-4",
+            "report"]
 DEVICE_COMMAND_LIMIT_S = 600  # the lent GPU machine's limit on one command
 
 
@@ -85,7 +90,7 @@ def test_the_estimated_gpu_run_fits_the_budget_and_the_device_limit():
     assert set(plan.EXPECTED_GPU_S) == set(REQUIRED)
     assert wall <= plan.GPU_BUDGET_S < DEVICE_COMMAND_LIMIT_S
     phases = [[s.name for s in b] for b in runner.batches(steps) if len(b) > 1]
-    assert phases == [["tests", "memcheck", "racecheck", "initcheck", "synccheck", "ddp"]]
+    assert phases == [["tests", "memcheck", "racecheck", "initcheck", "synccheck", "ddp", "demo"]]
     assert runner.batches(steps, serial=True) == [[s] for s in steps]
 
 
@@ -93,6 +98,7 @@ def test_a_cpu_machine_skips_the_gpu_steps_saying_why():
     steps = by_name(plan.steps(h200(gpus=0, capability="", sanitizer=None, nproc=2), Path("o")))
     runs = {n for n, s in steps.items() if not s.skip}
     assert runs == {"build", "env", "tests", "ddp"}
+    assert steps["demo"].skip == "no GPU on this machine"
     assert steps["build"].env["SHARPATTN_FORCE_CPU"] == "1"
     assert "-n" not in steps["tests"].argv  # no xdist without a GPU
     assert "--timeout=240" not in steps["tests"].argv  # pyproject's longer limit on a CPU
@@ -115,6 +121,7 @@ def test_steps_and_groups_are_selected_in_plan_order():
     steps = plan.steps(h200(), Path("o"))
     names = [s.name for s in plan.select(steps, ["ddp", "sanitizers"])]
     assert names == ["build", "env", "memcheck", "racecheck", "initcheck", "synccheck", "ddp"]
+    assert [s.name for s in plan.select(steps, ["demo"])] == ["build", "env", "demo"]
     assert [s.name for s in plan.select(steps, ["report"])] == ["env", "report"]
     assert "build" not in [s.name for s in plan.select(steps, ["tests"], build=False)]
     assert [s.name for s in plan.select(steps, [])] == REQUIRED
@@ -144,9 +151,174 @@ def test_the_plan_command_prints_every_step_and_runs_nothing(tmp_path):
     for name in REQUIRED:
         assert f"  {name} " in res.stdout
     assert "estimated wall time on one H200" in res.stdout and not out.exists()
+    wall = re.search(r"estimated wall time on one H200: (\d+) s", res.stdout)
+    assert wall and int(wall.group(1)) <= plan.GPU_BUDGET_S, res.stdout[-1500:]
+    assert "probe: not run (--assume-gpu" in res.stdout
     bad = subprocess.run([sys.executable, str(HERE / "main.py"), "--plan", "--assume-gpu",
                           "nosuchstep"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown step 'nosuchstep'" in bad.stderr
+
+
+def _demo():
+    spec = importlib.util.spec_from_file_location("demo_check", HERE / "demo_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _main_module():
+    spec = importlib.util.spec_from_file_location("gpu_check_main", HERE / "main.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_demo_step_trains_evaluates_and_exports_on_the_gpu(tmp_path):
+    s = by_name(plan.steps(h200(), ROOT / "benchmarks/results/gpu-check/x"))
+    demo = s["demo"]
+    assert not demo.skip and demo.phase == "checks" and 0 < demo.timeout_s <= 600
+    assert demo.argv[1] == "scripts/gpu_check/demo_check.py"
+    assert "--results benchmarks/results/gpu-check/x " in _cmd(demo)
+    assert demo.argv[-2:] == ["--json", "benchmarks/results/gpu-check/x/demo.json"]
+    # The commands the driver runs, built without running them (no torch, no GPU needed).
+    res = subprocess.run([sys.executable, str(HERE / "demo_check.py"), "--results",
+                          str(tmp_path / "res"), "--work", str(tmp_path / "work"), "--dry-run"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    record = json.loads((tmp_path / "res" / "demo.json").read_text())
+    commands = {c["name"]: c["command"] for c in record["commands"]}
+    assert list(commands) == ["train", "eval", "export"]
+    train = commands["train"]
+    assert "from sharpattn.reid.cli import _console_train" in train and "--config" not in train
+    for override in ("train.device=cuda", "train.amp=bf16", "train.channels_last=true",
+                     "optim.epochs=2", "optim.decay_start=0", "train.progress=false",
+                     f"data.root={tmp_path / 'work' / 'demo-data'}"):
+        assert f" {override}" in train, override
+    assert f"-o {tmp_path / 'work' / 'demo'} " in train
+    best = tmp_path / "work" / "demo" / "san_ft" / "best.pt"
+    assert f"_console_eval())' {best} --no-ten-crop -o {tmp_path / 'res' / 'demo-eval'}" \
+        in commands["eval"]
+    fmt = record["export_format"]
+    assert fmt in ("onnx", "pt2") and record["export_reason"]
+    assert f"_console_export())' {best} --format {fmt} -o " \
+        f"{tmp_path / 'work' / 'demo' / ('san.' + fmt)}" in commands["export"]
+    # the functions the commands call are the console scripts' own
+    import tomllib
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    dc = _demo()
+    for name in ("sharpattn-train", "sharpattn-eval", "sharpattn-export"):
+        module, func = scripts[name].split(":")
+        assert f"from {module} import {func}; sys.exit({func}())" in dc.console(name)[2]
+    # each of them starts and parses its options here (the CLIs import no GPU code for --help)
+    for name in ("train", "eval", "export"):
+        argv = dc.console(f"sharpattn-{name}")
+        out = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=120,
+                             cwd=ROOT)
+        assert out.returncode == 0 and f"usage: sharpattn-{name}" in out.stdout, out.stderr
+
+
+def test_the_demo_exports_pt2_where_onnxruntime_is_missing():
+    dc = _demo()
+    assert dc.export_format(lambda name: object())[0] == "onnx"
+    fmt, why = dc.export_format(lambda name: None if name == "onnxruntime" else object())
+    assert fmt == "pt2" and why.startswith("onnxruntime not installed")
+
+
+def test_the_demo_driver_records_each_command_and_what_it_printed(tmp_path, monkeypatch):
+    dc = _demo()
+    rows = "\n".join(f"| {n} | 50.0 | 80.0 | 90.0 | 55.0 | 40.0 |" for n in
+                     ("baseline", "baseline_ft", "san_ft", "aaanet/1", "aaanet/2", "aaanet/3"))
+    table = f"| model | rank-1 | rank-5 | rank-10 | mAP | mINP |\n|---|---|---|---|---|---|\n{rows}"
+    missing = str(tmp_path / "nothing" / "best.pt")
+    monkeypatch.setattr(dc, "plan", lambda *a, **k: [
+        {"name": "train", "argv": ["sh", "-c", f"echo training; printf '%s\\n' '{table}'; "
+                                               "echo '  baseline: somewhere'"], "needs": None},
+        {"name": "eval", "argv": ["sh", "-c", "echo broken; exit 4"], "needs": None},
+        {"name": "export", "argv": ["true"], "needs": missing}])
+    rc = dc.main(["--results", str(tmp_path), "--work", str(tmp_path / "w")])
+    record = json.loads((tmp_path / "demo.json").read_text())
+    train, evaluate, export = record["commands"]
+    assert rc == 1 and record["passed"] is False
+    assert train["status"] == "ok" and train["exit_code"] == 0 and train["wall_s"] >= 0
+    assert train["table"] == table.splitlines()
+    assert evaluate["status"] == "failed" and evaluate["exit_code"] == 4
+    assert evaluate["tail"] == ["broken"]
+    assert export["status"] == "skipped" and missing in export["reason"]
+    assert record["problems"] == ["eval: exit 4", f"export: skipped, no {missing}"]
+    # a table short of a run, or a run without scores, fails the train command
+    assert dc.problems_of("train", {"table": table.splitlines()[:-1]})
+    empty = table.replace("| san_ft | 50.0 | 80.0 | 90.0 | 55.0 | 40.0 |",
+                          "| san_ft | - | - | - | - | - |")
+    assert "san_ft" in dc.problems_of("train", {"table": empty.splitlines()})[0]
+    assert dc.problems_of("train", {"table": table.splitlines()}) == []
+    assert dc.problems_of("export", {"table": [], "lines": ["  batch 4 at 64x32: ... -> OK"]}) == []
+    assert dc.problems_of("export", {"table": [], "lines": ["  batch 4 at 64x32: -> MISMATCH"]})
+
+
+def _fake_sanitizer(tmp_path, script):
+    path = tmp_path / "compute-sanitizer"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_sanitizer_this_runtime_refuses_skips_the_four_sanitizer_steps(tmp_path):
+    fake = _fake_sanitizer(tmp_path, 'echo "========= COMPUTE-SANITIZER"\n'
+                                     'echo "========= Error: Device not supported"\nexit 1\n')
+    m = plan.check_sanitizer(h200(python=sys.executable, sanitizer=fake))
+    assert m.sanitizer_ok is False
+    steps = by_name(plan.steps(m, Path("o")))
+    assert {n for n, s in steps.items() if s.skip} == set(plan.SANITIZER_TOOLS)
+    for tool in plan.SANITIZER_TOOLS:
+        assert '"========= Error: Device not supported"' in steps[tool].skip
+        assert "exit 1" in steps[tool].skip
+    # the summary's header says what the probe found
+    main = _main_module()
+    head = "\n".join(main.header(m, Path("o"), list(steps.values()), 560))
+    assert "probe: compute-sanitizer cannot run on this GPU here" in head
+    assert "Device not supported" in head
+    # any other failure counts too: its first error line is quoted
+    other = _fake_sanitizer(tmp_path, 'echo "========= COMPUTE-SANITIZER"\n'
+                                      'echo "RuntimeError: CUDA error: unspecified"\nexit 7\n')
+    ok, why, _ = plan.probe_sanitizer(other, sys.executable)
+    assert not ok and '"RuntimeError: CUDA error: unspecified" (exit 7' in why
+
+
+def test_a_sanitizer_that_works_runs_the_four_sanitizer_steps(tmp_path):
+    fake = _fake_sanitizer(tmp_path, f'echo "$@" > {tmp_path / "called"}\nexit 0\n')
+    m = plan.check_sanitizer(h200(python=sys.executable, sanitizer=fake))
+    assert m.sanitizer_ok is True and m.sanitizer_probe.startswith("ok")
+    called = (tmp_path / "called").read_text()
+    assert called.startswith(f"--tool memcheck {sys.executable} -c ")
+    assert "device='cuda'" in called and "synchronize" in called
+    steps = by_name(plan.steps(m, Path("o")))
+    assert not any(s.skip for s in steps.values())
+    assert all(steps[t].argv[0] == fake for t in plan.SANITIZER_TOOLS)
+    # a refusal printed with exit 0 is still a refusal
+    quiet = _fake_sanitizer(tmp_path, 'echo "Device not supported"\nexit 0\n')
+    assert plan.probe_sanitizer(quiet, sys.executable)[0] is False
+    # one that hangs is stopped at the probe's timeout, with its children, and proves nothing
+    hangs = _fake_sanitizer(tmp_path, f'(sleep 3; touch {tmp_path / "survived"}) &\nsleep 60\n')
+    start = time.monotonic()
+    ok, why, _ = plan.probe_sanitizer(hangs, sys.executable, timeout_s=1)
+    assert ok and why.startswith("inconclusive") and time.monotonic() - start < 10
+    time.sleep(max(0.0, start + 4 - time.monotonic()))
+    assert not (tmp_path / "survived").exists()
+
+
+def test_the_sanitizer_is_probed_once_and_only_where_its_steps_run(tmp_path):
+    main = _main_module()
+    fake = _fake_sanitizer(tmp_path, f'echo x >> {tmp_path / "calls"}\nexit 0\n')
+    m = h200(python=sys.executable, sanitizer=fake)
+    assert not main.probe_sanitizer(m, plan.select(plan.steps(m, Path("o")), ["ddp"]), False)
+    assert m.sanitizer_probe == "not run (no sanitizer step selected)"
+    assert not main.probe_sanitizer(m, plan.steps(m, Path("o")), True)
+    assert not (tmp_path / "calls").exists()
+    assert main.probe_sanitizer(m, plan.steps(m, Path("o")), False)
+    assert (tmp_path / "calls").read_text() == "x\n" and m.sanitizer_ok is True
+    cpu = h200(gpus=0, sanitizer=fake)
+    assert not main.probe_sanitizer(cpu, plan.steps(cpu, Path("o")), False)
+    assert cpu.sanitizer_probe == "not run (no GPU)"
 
 
 def _sh(name, script, timeout_s=30, phase=""):

@@ -3,6 +3,7 @@ build (printed; gpu_check keeps it as env.log)."""
 
 import importlib.metadata as md
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -42,6 +43,8 @@ def main():
           if shutil.which("nvidia-smi") else "nvidia-smi not on PATH")
     san = find_sanitizer()
     print("compute-sanitizer", f"{san}: {tool([san, '--version'], 1)}" if san else "not found")
+    if os.environ.get("GPU_CHECK_SANITIZER_PROBE"):  # main.py's probe, before the steps
+        print("compute-sanitizer probe", os.environ["GPU_CHECK_SANITIZER_PROBE"])
     try:
         import sharpattn
         print("sharpattn build_info", json.dumps(sharpattn.build_info(), indent=1))

@@ -2,10 +2,11 @@
 
     python scripts/gpu_check/main.py [--plan] [--assume-gpu] [STEP|GROUP ...]
 
-Steps (in this order): build env tests memcheck racecheck initcheck synccheck ddp
+Steps (in this order): build env tests memcheck racecheck initcheck synccheck ddp demo
 bench-targets bench-models bench-ops-block1 bench-ops-blocks2-4 report; groups: sanitizers,
 bench. None named (and $STEPS empty): all. --plan prints the steps with their timeouts and
-commands, and what this machine would skip, and runs nothing.
+commands, and what this machine would skip, and runs nothing (but the compute-sanitizer probe,
+a few seconds, when a sanitizer step is selected on a GPU machine).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def print_plan(m, steps, out, budget, serial):
     print(f"results: {out}")
     print(f"budget: {f'{budget:.0f} s' if budget else 'none'} "
           f"(the report keeps {plan.REPORT_RESERVE_S} s)")
+    print(f"compute-sanitizer: {m.sanitizer or 'not found'}; probe: {probe_line(m)}")
     expected = 0
     for batch in runner.batches(steps, serial):
         if len(batch) > 1:
@@ -104,6 +106,24 @@ def _print_command(s):
         print(f"       note: {s.note}")
 
 
+def probe_line(m) -> str:
+    return m.sanitizer_probe or "not run"
+
+
+def probe_sanitizer(m, steps, assumed: bool) -> bool:
+    """Probes compute-sanitizer once where a sanitizer step is to run on this GPU (a few
+    seconds); else says why not. True when it probed (the plan must be made again)."""
+    why = ("--assume-gpu: no GPU to probe" if assumed else "no GPU" if not m.gpus else
+           "compute-sanitizer not found" if not m.sanitizer else
+           "no sanitizer step selected" if not any(s.name in plan.SANITIZER_TOOLS for s in steps)
+           else None)
+    if why:
+        m.sanitizer_probe = f"not run ({why})"
+        return False
+    plan.check_sanitizer(m)
+    return True
+
+
 def header(m, out, steps, budget) -> list[str]:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -116,7 +136,7 @@ def header(m, out, steps, budget) -> list[str]:
     return [f"gpu_check {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} on "
             f"{socket.gethostname()}, git {commit or 'unknown'}",
             f"python {sys.version.split()[0]} ({m.python}), torch {torch.__version__}, GPU {gpu}",
-            f"compute-sanitizer: {m.sanitizer or 'not found'}",
+            f"compute-sanitizer: {m.sanitizer or 'not found'}; probe: {probe_line(m)}",
             f"steps: {' '.join(s.name for s in steps)}",
             f"budget: {f'{budget:.0f} s' if budget else 'none'}; results: {out}",
             "this script had never run on a GPU before its first GPU run (docs/gpu_check.md): "
@@ -146,6 +166,7 @@ def _interrupt(signum, frame):
 
 
 def main(argv=None) -> int:
+    started = time.monotonic()
     args = parse(argv)
     m = assumed_gpu_machine() if args.assume_gpu else plan.probe(sys.executable)
     budget = args.budget if args.budget is not None else (plan.GPU_BUDGET_S if m.gpus else 0)
@@ -155,6 +176,10 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"gpu_check: {e}", file=sys.stderr)
         return 2
+    # Once, before the four sanitizer steps: where this runtime refuses compute-sanitizer they
+    # are skipped with its reason instead of each failing after its start-up.
+    if probe_sanitizer(m, steps, args.assume_gpu):
+        steps = plan.select(plan.steps(m, out), args.steps, build=not args.no_build)
     if args.plan:
         print_plan(m, steps, out, budget, args.serial)
         return 0
@@ -163,7 +188,17 @@ def main(argv=None) -> int:
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench").mkdir(exist_ok=True)
+    if m.sanitizer_ok is not None:
+        argv = [m.sanitizer, "--tool", "memcheck", m.python, "-c", plan.SANITIZER_PROBE_CODE]
+        (out / "sanitizer-probe.log").write_text(
+            f"$ {shlex.join(argv)}\n# {m.sanitizer_probe}\n{m.sanitizer_probe_output}")
+    os.environ["GPU_CHECK_SANITIZER_PROBE"] = probe_line(m)  # env.log records it too
     summary = runner.Summary(out, header(m, out, steps, budget))
+    if budget:  # the budget is the whole run's: what the probes took before the steps counts
+        spent = time.monotonic() - started
+        budget = max(1.0, budget - spent)
+        summary.header.append(f"{spent:.0f} s spent before the first step (torch, the probes): "
+                              f"{budget:.0f} s left for the steps")
     print("\n".join(summary.header), flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # stop the steps too, as Ctrl-C does
     try:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,9 +44,10 @@ TIMEOUTS = {
     "tests": (300, 3600),
     "memcheck": (150, 0), "racecheck": (180, 0), "initcheck": (150, 0), "synccheck": (150, 0),
     "ddp": (180, 900),
+    "demo": (330, 0),
     "bench-targets": (240, 0),
     "bench-models": (180, 0),
-    "bench-ops-block1": (150, 0),
+    "bench-ops-block1": (120, 0),
     "bench-ops-blocks2-4": (120, 0),
     "report": (90, 90),
 }
@@ -55,10 +58,16 @@ GROUPS = {
 # What each step is expected to take on one H200 (16 cores), in seconds: ESTIMATES, not
 # measurements (no GPU has run this yet). The checks phase runs side by side: its wall time is
 # about its longest step's. Expected wall time: about 555 s in all.
+# demo: one process trains 7 runs / stages of 2 epochs (~3 steps each at 64x32) with data
+# generation, an evaluation, pictures and two checkpoints per run (~10 s a run, most of it not
+# GPU work), then sharpattn-eval (~15 s) and an export on the CPU with its check (~40 s): about
+# 150 s alone, guessed at 170 s beside the other checks. bench-ops-block1 went from 10 rounds
+# (60 s, timeout 150 s) to 5 (40 s, timeout 120 s) to make room for it.
 EXPECTED_GPU_S = {
     "build": 90, "env": 10,
     "tests": 150, "memcheck": 60, "racecheck": 80, "initcheck": 60, "synccheck": 50, "ddp": 60,
-    "bench-targets": 150, "bench-models": 50, "bench-ops-block1": 60, "bench-ops-blocks2-4": 30,
+    "demo": 170,
+    "bench-targets": 150, "bench-models": 50, "bench-ops-block1": 40, "bench-ops-blocks2-4": 30,
     "report": 15,
 }
 # Seconds kept back for the report while the steps before it run.
@@ -77,6 +86,12 @@ class Machine:
     gpu_name: str = ""
     sanitizer: str | None = None  # path of compute-sanitizer
     sanitizer_kernel_filter: bool = True
+    # The probe of compute-sanitizer on this GPU (probe_sanitizer): None: not probed (no GPU, no
+    # sanitizer, none of its steps selected, or --assume-gpu); else whether it worked, and what
+    # it printed (sanitizer_probe: one line for the summary; sanitizer_probe_output: all of it).
+    sanitizer_ok: bool | None = None
+    sanitizer_probe: str = ""
+    sanitizer_probe_output: str = ""
     xdist: bool = False
     pytest_timeout: bool = False
     nproc: int = 1
@@ -125,6 +140,68 @@ def find_sanitizer() -> str | None:
         if home and os.access(Path(home) / "bin" / "compute-sanitizer", os.X_OK):
             return str(Path(home) / "bin" / "compute-sanitizer")
     return None
+
+
+# Run once before the four sanitizer steps: one allocation and a synchronize under memcheck.
+# Where the runtime refuses compute-sanitizer (one of the two the lent machines run: "Device not
+# supported", then error 999 at the first allocation), every sanitizer step would fail the same
+# way after starting pytest under it, so they are skipped with the probe's line instead.
+SANITIZER_PROBE_CODE = ("import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize(); "
+                        "print('sanitizer probe: ok')")
+SANITIZER_PROBE_TIMEOUT_S = 30
+_REFUSALS = ("device not supported", "error 999", "cudaerrorunknown", "unknown error")
+
+
+def probe_sanitizer(sanitizer: str, python: str,
+                    timeout_s: float = SANITIZER_PROBE_TIMEOUT_S) -> tuple[bool, str, str]:
+    """(usable, one line saying what happened, the whole output) of compute-sanitizer's memcheck
+    over a one-element CUDA allocation. A timeout counts as usable: it proves nothing, and the
+    steps have timeouts of their own."""
+    argv = [sanitizer, "--tool", "memcheck", python, "-c", SANITIZER_PROBE_CODE]
+    start = time.monotonic()
+    try:  # a session of its own: at the timeout, the target process goes with the tool
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace", stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    except OSError as e:
+        return False, f"compute-sanitizer could not start: {e}", ""
+    try:
+        text, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        text, _ = proc.communicate()
+        return True, (f"inconclusive: no answer in {timeout_s:.0f} s (the sanitizer steps run "
+                      f"anyway)"), text or ""
+    seconds = time.monotonic() - start
+    text = text or ""
+    refused = [line.strip() for line in text.splitlines()
+               if any(r in line.lower() for r in _REFUSALS)]
+    if proc.returncode == 0 and not refused:
+        return True, f"ok (memcheck ran one CUDA allocation in {seconds:.1f} s)", text
+    line = (refused or _error_lines(text) or ["(no output)"])[0][:200]
+    return False, (f'compute-sanitizer cannot run on this GPU here: "{line}" (exit '
+                   f'{proc.returncode} from memcheck on torch.zeros(1, device="cuda"); see '
+                   f'sanitizer-probe.log)'), text
+
+
+def _error_lines(text: str) -> list[str]:
+    """The output's lines, the ones that say error first; compute-sanitizer's banner last."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    others = [line for line in lines if line not in errors and "COMPUTE-SANITIZER" not in line]
+    return errors + others
+
+
+def check_sanitizer(m: Machine) -> Machine:
+    """Probes compute-sanitizer on this machine's GPU (a few seconds) and records the result in
+    `m`; nothing to do without a GPU or a compute-sanitizer."""
+    if m.gpus and m.sanitizer:
+        m.sanitizer_ok, m.sanitizer_probe, m.sanitizer_probe_output = probe_sanitizer(
+            m.sanitizer, m.python)
+    return m
 
 
 def _sanitizer_has(path: str, option: str) -> bool:
@@ -191,6 +268,8 @@ def steps(m: Machine, out: Path) -> list[Step]:
                  "-p", "no:cacheprovider"]
         skip = no_gpu or (None if m.sanitizer else
                           "compute-sanitizer not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)")
+        if not skip and m.sanitizer_ok is False:
+            skip = m.sanitizer_probe
         note = "exit 86: the tool reported errors (see the log)"
         if not m.sanitizer_kernel_filter:
             note += "; this compute-sanitizer has no --kernel-name: every kernel instrumented"
@@ -205,6 +284,17 @@ def steps(m: Machine, out: Path) -> list[Step]:
                                "--nproc_per_node", "2",
                                "scripts/gpu_check/ddp_check.py", "--out", str(out / "ddp.json")],
                        timeout("ddp"), ddp_env, note=ddp_mode_note(m.gpus), phase=checks))
+
+    # The user's path on the GPU (docs/gpu_check.md): the synthetic demo's recipes trained by
+    # sharpattn-train with AMP bf16 and channels_last, 2 epochs each, then sharpattn-eval and
+    # sharpattn-export of SAN. In the checks phase, side by side with them: it is a correctness
+    # check (exit codes and a result table), not a timing, and it needs little of the GPU (batches
+    # of 24 images at 64x32); alone it would add its whole ~150 s to a plan already near the
+    # budget. Its own CPU work (pictures, the export) gets 4 threads beside the other checks.
+    result.append(Step("demo", [py, "scripts/gpu_check/demo_check.py",
+                                "--results", str(out), "--json", str(out / "demo.json")],
+                       timeout("demo"), {"OMP_NUM_THREADS": "4"}, skip=no_gpu, phase=checks,
+                       note="training outputs in a temporary folder (demo.json says where)"))
 
     run = [py, "-m", "benchmarks.run"]
     result += [
@@ -225,10 +315,10 @@ def steps(m: Machine, out: Path) -> list[Step]:
                                         "--blocks", "1", "--layouts", "contiguous",
                                         "--dtypes", "float32,bfloat16",
                                         "--impls", "reference,cuda,triton",
-                                        "--rounds", "10", "--warmup", "2",
+                                        "--rounds", "5", "--warmup", "2",
                                         "-k", f"not ({TARGET_CASES})"],
              timeout("bench-ops-block1"), skip=no_gpu,
-             note="block 1's other cases (the target cases are bench-targets')"),
+             note="block 1's other cases (the target cases are bench-targets'), 5 rounds"),
         Step("bench-ops-blocks2-4", run + ["ops", "--out", str(bench), "--tag", "blocks2-4",
                                            "--blocks", "2,3,4", "--layouts", "contiguous",
                                            "--dtypes", "float32", "--impls", "cuda,triton",
