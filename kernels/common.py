@@ -1,7 +1,7 @@
 """Host-side helpers shared by the Triton kernel modules.
 
-  accumulation_dtype  the compute dtype of an input dtype (SPEC: float32 arithmetic, float64 for
-                      float64 inputs), as the (Triton, torch) pair the launchers need
+  accumulation_dtype  the compute dtype of an input dtype (docs/spec.md section 0: float32, or
+                      float64 for float64 inputs), as the (Triton, torch) pair the launchers need
   launcher            runs a host launcher under its tensors' GPU: Triton launches on
                       torch.cuda.current_device() and that device's current stream, so without it a
                       tensor on cuda:1 while cuda:0 is current is launched on the wrong GPU (an

@@ -1,4 +1,5 @@
-"""Triton kernels of AAA-Net's grid occlusion (SPEC section 4), same semantics as the C++ ones.
+"""Triton kernels of AAA-Net's grid occlusion (docs/spec.md section 4), same semantics as the
+C++ ones.
 
 Layout:
   * grid_occlusion: one lane per input element (n, c, h, w) in NCHW order: x is read once and

@@ -1,4 +1,4 @@
-"""Philox noise of SPEC section 1 in Triton: the word of each position and its conversion.
+"""Philox noise of docs/spec.md section 1 in Triton: the word of each position and its conversion.
 
 Position j of plane p uses word j mod 4 of the Philox4x32-10 block at counter
 offset + p*G + floor(j/4) (G = ceil(HW/4)) under the 64-bit key `seed`; `tl.randint4x(seed, c)`
@@ -67,7 +67,7 @@ def _philox_uniform_kernel(out_ptr, seed, offset, S, G, blocks_per_plane,
 
 @launcher
 def philox_uniform_out(out: torch.Tensor, seed: int, offset: int) -> None:
-    """Fill a contiguous (P, S) float32/float64 tensor with the uniforms of SPEC section 1.
+    """Fill a contiguous (P, S) float32/float64 tensor with the uniforms of docs/spec.md section 1.
 
     seed is the int64 with the bits of the uint64 seed, offset >= 0.
     """

@@ -1,4 +1,5 @@
-"""Triton kernels of the sharp attention operator (SPEC section 2), same semantics as the C++ ones.
+"""Triton kernels of the sharp attention operator (docs/spec.md section 2), same semantics as
+the C++ ones.
 
 Layout: one program per plane p = n*C + c. A plane of at most MAX_WARPS * 32 * ELEMENTS_PER_THREAD
 positions (half that for float64) is held in registers as one power-of-two block: x is read once,
@@ -10,10 +11,11 @@ Every tensor is read and written through its own four strides (channels_last and
 need no copy), with 64-bit offsets. The noise is recomputed from (seed, offset), never stored;
 the backward reads only t, x, grad_out and the per-plane (lo, hi) statistics.
 
-Fused TV (SPEC section 2b): with return_tv the forward also gives each plane's total variation of
-A = M T, and the backward takes its gradient. A value needs its neighbours' A, which live in other
-threads' registers, so each program writes its plane's A (compute dtype) to a scratch buffer,
-waits at a block barrier, and reads the neighbours back (from cache: the plane was just written).
+Fused TV (docs/spec.md section 2b): with return_tv the forward also gives each plane's total
+variation of A = M T, and the backward takes its gradient. A value needs its neighbours' A,
+which live in other threads' registers, so each program writes its plane's A (compute dtype) to
+a scratch buffer, waits at a block barrier, and reads the neighbours back (from cache: the plane
+was just written).
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ def _nan_to_stats(lo, hi, has_nan):
 
 @triton.jit
 def _mask_value(x, noise, lo, hi, denom, eps, inv_tau, MODE: tl.constexpr):
-    """M of SPEC section 2: p (mean), sigmoid((logit + L) / tau) (sample) or 1[logit + L > 0].
+    """M of docs/spec.md section 2: p (mean), sigmoid((logit + L) / tau) (sample) or
+    1[logit + L > 0] (hard).
 
     p's `/` is div.full.f32 on a GPU: 2 ulp of a value in (0, 1) is below 2.4e-7, well inside
     the tests' 2e-6, and nothing is decided or summed from it."""

@@ -1,4 +1,4 @@
-"""Triton kernels of the total variation penalty (SPEC section 3, SAN eq. 6-7), per plane.
+"""Triton kernels of the total variation penalty (docs/spec.md section 3, SAN eq. 6-7), per plane.
 
 One program per (n, c) plane walks it in tiles; each position reads its right and lower
 neighbours (forward) or all four (backward) through the tensor's own strides, so any layout is

@@ -3,7 +3,8 @@
 Each checks its arguments once, picks a backend once and calls one registered op, whose
 autograd calls one registered backward op.
 
-  sharp_attention, tv_loss, grid_occlusion, grid_occlusion_pool, philox_uniform   SPEC section 5
+  sharp_attention, tv_loss, grid_occlusion, grid_occlusion_pool, philox_uniform
+                                          the public ops (docs/spec.md section 5)
   sharp_attention_tensor_args, draw_rng   the form modules call (tau and (seed, offset) as CPU
                                           tensors: no recompile under torch.compile)
 """

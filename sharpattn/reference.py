@@ -1,8 +1,9 @@
-"""Eager PyTorch implementation of SPEC.md: the executable specification.
+"""Eager PyTorch implementation of docs/spec.md: the executable specification.
 
 Every backend is tested against these functions. They favour clarity over speed: the noise is
 computed with plain integer tensor arithmetic, the mask with ordinary autograd-visible ops, so
-that the gradients are exactly "the formula written with torch.amin/torch.amax" (SPEC section 2).
+that the gradients are exactly "the formula written with torch.amin/torch.amax" (docs/spec.md
+section 2).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def philox4x32_10(counter: torch.Tensor, key: int) -> tuple[torch.Tensor, ...]:
 
 
 def plane_layout(shape) -> tuple[int, int]:
-    """(planes, positions per plane) of a shape: the last two dims form a plane (SPEC section 1).
+    """(planes, positions per plane) of a shape: the last two dims form a plane (docs/spec.md
+    section 1).
 
     A 1-D shape is a single plane; a 0-D shape a single position.
     """
@@ -68,7 +70,8 @@ def plane_layout(shape) -> tuple[int, int]:
 
 
 def philox_words(shape, *, seed: int, offset: int = 0, device=None) -> torch.Tensor:
-    """The uint32 Philox word of every element (int64 tensor), with SPEC section 1's indexing."""
+    """The uint32 Philox word of every element (int64 tensor), indexed as in docs/spec.md
+    section 1."""
     planes, plane_size = plane_layout(shape)
     groups = (plane_size + 3) // 4
     plane = torch.arange(planes, device=device, dtype=torch.int64).unsqueeze(1)
@@ -112,7 +115,8 @@ def mask_logit(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 def sharp_mask(x: torch.Tensor, *, tau: float, seed: int, offset: int = 0, mode: str = "sample",
                eps: float = 1e-6) -> torch.Tensor:
-    """The mask M of SPEC section 2, in x's dtype (which must already be the accumulation dtype)."""
+    """The mask M of docs/spec.md section 2, in x's dtype (which must already be the
+    accumulation dtype)."""
     lo = x.amin(dim=(-2, -1), keepdim=True)
     hi = x.amax(dim=(-2, -1), keepdim=True)
     if mode == "mean":
@@ -156,7 +160,8 @@ def tv_loss(a: torch.Tensor) -> torch.Tensor:
 
 
 def grid_cells(size: int, parts: int) -> list[tuple[int, int]]:
-    """[floor(i*size/parts), floor((i+1)*size/parts)) for each of the parts (SPEC section 4)."""
+    """[floor(i*size/parts), floor((i+1)*size/parts)) for each of the parts (docs/spec.md
+    section 4)."""
     return [(i * size // parts, (i + 1) * size // parts) for i in range(parts)]
 
 

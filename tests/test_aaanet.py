@@ -74,7 +74,7 @@ def test_module_numbering_follows_resnet():
 
 
 def cells(size, parts):
-    """Cell boundaries by the SPEC formula, written out here independently."""
+    """Cell boundaries by the formula of docs/spec.md section 4, written out here independently."""
     return [(math.floor(i * size / parts), math.floor((i + 1) * size / parts))
             for i in range(parts)]
 

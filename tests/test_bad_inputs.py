@@ -1,4 +1,4 @@
-"""Bad arguments raise a Python exception that says what is wrong (SPEC "Shapes and types")."""
+"""Bad arguments raise a Python exception that says what is wrong (docs/spec.md section 0)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""grid_occlusion and grid_occlusion_pool (SPEC section 4) on every backend against
+"""grid_occlusion and grid_occlusion_pool (docs/spec.md section 4) on every backend against
 sharpattn.reference: values, gradients, layouts, dtypes, the pooled form against the
 materialised one, the registered ops (opcheck, torch.compile) and bad arguments."""
 

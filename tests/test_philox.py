@@ -1,4 +1,4 @@
-"""The portable noise of SPEC section 1: Philox4x32-10, its counter layout, u and L."""
+"""The portable noise of docs/spec.md section 1: Philox4x32-10, its counter layout, u and L."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""sharp_attention on every backend against sharpattn.reference (SPEC section 2)."""
+"""sharp_attention on every backend against sharpattn.reference (docs/spec.md section 2)."""
 
 import math
 

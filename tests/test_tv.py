@@ -1,4 +1,5 @@
-"""Total variation (SPEC section 3, SAN eq. 6-7), standalone and fused into sharp_attention."""
+"""Total variation (docs/spec.md section 3, SAN eq. 6-7), standalone and fused into
+sharp_attention."""
 
 import pytest
 import torch

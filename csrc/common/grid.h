@@ -1,6 +1,6 @@
-// Grid cells of AAA-Net's occlusion (SPEC section 4), shared by the CPU and CUDA kernels: part i
-// of a side of `size` positions cut into `parts` covers [floor(i*size/parts),
-// floor((i+1)*size/parts)); cell (a, b) of a (gh, gw) grid is k = a*gw + b.
+// Grid cells of AAA-Net's occlusion (docs/spec.md section 4), shared by the CPU and CUDA
+// kernels: part i of a side of `size` positions cut into `parts` covers
+// [floor(i*size/parts), floor((i+1)*size/parts)); cell (a, b) of a (gh, gw) grid is k = a*gw + b.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -15,7 +15,7 @@
 namespace sharpattn {
 
 // The dtype of per-plane statistics, TV and sums: float64 for float64 inputs, else float32
-// (SPEC: all arithmetic in float32, float64 for float64 inputs).
+// (docs/spec.md section 0: float32 arithmetic, float64 for float64 inputs).
 inline at::ScalarType accumulation_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }

@@ -1,6 +1,6 @@
 // Philox4x32-10 counter-based generator (Salmon et al. 2011, Random123 constants) and the
-// word -> noise conversion of SPEC section 1. Shared by the CPU and CUDA kernels so that the
-// CPU tests exercise exactly the arithmetic the GPU runs.
+// word -> noise conversion of docs/spec.md section 1. Shared by the CPU and CUDA kernels so
+// that the CPU tests exercise exactly the arithmetic the GPU runs.
 #pragma once
 
 #include <cstdint>
@@ -70,7 +70,7 @@ SA_HOST_DEVICE acc_t logistic_from_word(uint32_t r) {
   return sa_log(uniform_from_word<acc_t>(r)) - sa_log(complement_from_word<acc_t>(r));
 }
 
-// Counter of the 4-word group holding flat position j of plane p (SPEC section 1).
+// Counter of the 4-word group holding flat position j of plane p (docs/spec.md section 1).
 SA_HOST_DEVICE uint64_t philox_counter(uint64_t offset, int64_t plane, int64_t groups_per_plane,
                                        int64_t j) {
   return offset + static_cast<uint64_t>(plane) * static_cast<uint64_t>(groups_per_plane) +

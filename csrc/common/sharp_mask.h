@@ -1,4 +1,4 @@
-// Per-element math of the sharp attention mask (SPEC section 2): the forward value and the
+// Per-element math of the sharp attention mask (docs/spec.md section 2): the forward value and the
 // partial derivatives that the backward reduces per plane. Shared by the CPU and CUDA kernels.
 #pragma once
 

@@ -1,8 +1,8 @@
-// CPU kernels of AAA-Net's grid occlusion (SPEC section 4): planes (n, c) in parallel, every
-// input read in place through its strides (channels_last and sliced views need no copy).
+// CPU kernels of AAA-Net's grid occlusion (docs/spec.md section 4): planes (n, c) in parallel,
+// every input read in place through its strides (channels_last and sliced views need no copy).
 //
 //  * grid_occlusion writes the G copies of a plane from one read of it: each copy is the plane
-//    with one rectangle zeroed (set to 0, not multiplied by 0, as the spec says).
+//    with one rectangle zeroed (set to 0, not multiplied by 0: docs/spec.md section 4).
 //  * grid_occlusion_pool sums each cell of a plane in double in one row-major read, then
 //    P[n, k, c] = (total - cell_k) / (H*W). Double sums make the subtraction harmless for every
 //    input dtype (the float32 inputs' sums are exact to ~2^-29 relative).

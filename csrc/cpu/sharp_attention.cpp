@@ -1,7 +1,8 @@
-// CPU kernels of the sharp attention operator (SPEC section 2): planes in parallel, each plane
-// gathered into a dense buffer. Float32 accumulation (float32, float16, bfloat16 inputs) runs the
-// vectorised kernels of vec_kernels.h where the CPU has AVX2 or AVX-512; float64, and every
-// other CPU, runs the scalar mask math of csrc/common, shared with the CUDA kernels.
+// CPU kernels of the sharp attention operator (docs/spec.md section 2): planes in parallel,
+// each plane gathered into a dense buffer. Float32 accumulation (float32, float16, bfloat16
+// inputs) runs the vectorised kernels of vec_kernels.h where the CPU has AVX2 or AVX-512;
+// float64, and every other CPU, runs the scalar mask math of csrc/common, shared with the CUDA
+// kernels.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

@@ -1,4 +1,5 @@
-// CPU kernels of the total variation penalty (SPEC section 3, SAN eq. 6-7), per (n, c) plane.
+// CPU kernels of the total variation penalty (docs/spec.md section 3, SAN eq. 6-7), per
+// (n, c) plane.
 // Float32 accumulation runs the vectorised stencils of vec_kernels.h where the CPU has AVX2 or
 // AVX-512, float64 (and other CPUs) the scalar ones of csrc/common/tv_stencil.h.
 #include <ATen/Dispatch.h>

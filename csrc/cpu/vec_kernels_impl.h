@@ -2,9 +2,9 @@
 // vec_isa.h. Included only by vec_avx2.cpp and vec_avx512.cpp, inside their target region, after
 // vec_isa.h, <cfloat>, philox.h and sharp_mask.h.
 //
-// The mask of SPEC section 2 needs, per element, z = log a - log b + L with a = x - lo + eps,
-// b = hi - x + eps and L = log u - log(1 - u), then sigmoid(z / tau). The scalar kernels take four
-// logs; here z = log((a u) / (b (1 - u))), one log:
+// The mask of docs/spec.md section 2 needs, per element, z = log a - log b + L with
+// a = x - lo + eps, b = hi - x + eps and L = log u - log(1 - u), then sigmoid(z / tau). The
+// scalar kernels take four logs; here z = log((a u) / (b (1 - u))), one log:
 //  * accuracy: a u, b (1 - u) and their quotient are each rounded once (relative error <= 2^-24
 //    each), so the quotient is within 3 * 2^-24 relative of the exact one and z within ~2e-7
 //    absolute, plus the log's own error (vlog below, < 2 ulp of z). The four-log form rounds
@@ -157,7 +157,8 @@ void min_max(const float* x, int64_t n, float* lo_out, float* hi_out) {
   *hi_out = Isa::hmax(hi);
 }
 
-// u and 1 - u of SPEC section 1 from the words, exactly as uniform_from_word/complement_from_word.
+// u and 1 - u of docs/spec.md section 1 from the words, exactly as uniform_from_word /
+// complement_from_word.
 SA_VI void uniforms(I w, F& u, F& c) {
   const I k2 = Isa::slli<1>(Isa::srli<8>(w));  // 2k
   const F scale = Isa::set1(2.98023223876953125e-08f);  // 2^-25

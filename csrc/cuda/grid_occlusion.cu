@@ -1,5 +1,5 @@
-// CUDA kernels of AAA-Net's grid occlusion (SPEC section 4), the same semantics and rounding as
-// csrc/cpu/grid_occlusion.cpp and the same cell math (csrc/common/grid.h).
+// CUDA kernels of AAA-Net's grid occlusion (docs/spec.md section 4), the same semantics and
+// rounding as csrc/cpu/grid_occlusion.cpp and the same cell math (csrc/common/grid.h).
 //
 // Layout of the work:
 //  * grid_occlusion: one thread per input element (n, c, h, w), walked in NCHW order: it reads

@@ -1,4 +1,5 @@
-// CUDA kernel of philox_uniform_out: the uniforms of SPEC section 1, bit for bit the CPU ones.
+// CUDA kernel of philox_uniform_out: the uniforms of docs/spec.md section 1, bit for bit the
+// CPU ones.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAGuard.h>

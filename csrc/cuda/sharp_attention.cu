@@ -1,4 +1,4 @@
-// CUDA kernels of the sharp attention operator (SPEC section 2), the same semantics as
+// CUDA kernels of the sharp attention operator (docs/spec.md section 2), the same semantics as
 // csrc/cpu/sharp_attention.cpp and the same per-element math (csrc/common).
 //
 // Layout of the work:
@@ -10,7 +10,7 @@
 //    the inputs (from L2 when they fit) to write the outputs.
 //  * The noise of four consecutive positions comes from one Philox call, so the compute loops
 //    give each thread whole groups of four positions.
-//  * Fused TV (SPEC section 2b): with return_tv the forward also gives each plane's total
+//  * Fused TV (docs/spec.md section 2b): with return_tv the forward also gives each plane's total
 //    variation of A = M T from the same pass. One-block path: A is kept as an acc_t plane in
 //    shared memory beside the cached plane, and the squared differences to the lower and right
 //    neighbours are reduced over the block (in double, fixed order) while the output is stored.

@@ -1,6 +1,6 @@
-// CUDA kernels of the total variation penalty (SPEC section 3, SAN eq. 6-7), per (n, c) plane;
-// the same semantics and per-element arithmetic as csrc/cpu/tv_loss.cpp (differences in the
-// accumulation type, squares summed in double).
+// CUDA kernels of the total variation penalty (docs/spec.md section 3, SAN eq. 6-7), per
+// (n, c) plane; the same semantics and per-element arithmetic as csrc/cpu/tv_loss.cpp
+// (differences in the accumulation type, squares summed in double).
 //
 //  * Forward: blocks over (plane, chunk of kChunk positions) items; each thread sums the squared
 //    differences of its positions to their lower and right neighbours, read straight from global

@@ -8,7 +8,7 @@ the duration of a `with`, every such module for a stand-in that computes the sam
 plain tensor math (the reference's formula, `sharpattn.reference.sharp_mask(mode="mean")`):
 
     SharpMask(eval_mode="mean")  ->  PlainMeanMask          (eq. 3 and eq. 1/2, no noise)
-    GridOcclusion                ->  PlainGridOcclusion     (SPEC section 4, keep masks)
+    GridOcclusion                ->  PlainGridOcclusion     (docs/spec.md section 4, keep masks)
 
 and puts the originals back afterwards. The stand-ins hold no parameters or buffers, so the
 state_dict is the same. Training is untouched: nothing changes outside the `with`.
@@ -67,7 +67,7 @@ class PlainMeanMask(nn.Module):
 
 
 class PlainGridOcclusion(nn.Module):
-    """GridOcclusion with plain torch ops (the reference's keep masks; SPEC section 4).
+    """GridOcclusion with plain torch ops (the reference's keep masks; docs/spec.md section 4).
 
     The keep masks depend only on (H, W) and the grid, so an export at a fixed input size holds
     them as constants. pooled=True gives the spatial mean of every copy, as `GridOcclusion` does.

@@ -1,4 +1,4 @@
-"""The context-aware unit of SAN (section III-D, Fig. 4, p = q = 1; SPEC section 6)."""
+"""The context-aware unit of SAN (section III-D, Fig. 4, p = q = 1; docs/spec.md section 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Grid occlusion of AAA-Net (SPEC section 4): fake kernels, autograd, backends, public
+"""Grid occlusion of AAA-Net (docs/spec.md section 4): fake kernels, autograd, backends, public
 functions.
 
 Registered ops:

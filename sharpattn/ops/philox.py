@@ -1,4 +1,4 @@
-"""Portable counter-based uniforms (SPEC section 1): fake kernel, backends, public function.
+"""Portable counter-based uniforms (docs/spec.md section 1): fake kernel, backends, public function.
 
 Registered ops, filling a contiguous (planes, positions) float32/float64 tensor in place:
 
@@ -48,7 +48,7 @@ FILL = _registry.backend_table("philox_uniform_out")
 
 def philox_uniform(shape, *, seed: int, offset: int = 0, device=None,
                    dtype: torch.dtype = torch.float32, backend: str | None = None) -> Tensor:
-    """The uniforms u that SPEC section 1 assigns to each element of a map of this shape.
+    """The uniforms u that docs/spec.md section 1 assigns to each element of a map of this shape.
 
     The last two dims form a plane (a 1-D shape is one plane). u = ((r >> 8) + 0.5) * 2^-24 is
     exact in float64; float32 rounds it to nearest (so the very top value rounds up to 1.0).

@@ -1,5 +1,5 @@
-"""Sharp attention (SPEC section 2, with the fused TV of 2b): fake kernels, autograd, backends,
-public functions.
+"""Sharp attention (docs/spec.md section 2, with the fused TV of 2b): fake kernels, autograd,
+backends, public functions.
 
 Registered ops (forward returns (out, mask, stats, tv); backward returns (grad_t, grad_x)):
 
@@ -170,13 +170,15 @@ def sharp_attention(t: Tensor, x: Tensor | None = None, *, tau: float, seed: int
                     offset: int = 0, mode: str = "sample", residual: bool = True,
                     eps: float = 1e-6, return_mask: bool = False, return_tv: bool = False,
                     backend: str | None = None):
-    """Sharp attention of SAN (SPEC section 2): F = (1 + M) * T, or M * T with residual=False.
+    """Sharp attention of SAN (docs/spec.md section 2): F = (1 + M) * T, or M * T with
+    residual=False.
 
     M is a mask drawn per element from the per-plane min-max normalised mask input x (t itself
     when x is None): "sample" is the two-class Gumbel-Softmax relaxation with temperature tau,
     "hard" its exact Bernoulli step with the relaxed gradient (straight-through), "mean" the
     deterministic probability p (for evaluation). The noise is Philox4x32-10 from (seed, offset)
-    (SPEC section 1): the same on every backend, and recomputed in the backward, never stored.
+    (docs/spec.md section 1): the same on every backend, and recomputed in the backward, never
+    stored.
     One call consumes N * C * ceil(H * W / 4) counters; the next call's offset may start there.
 
     With return_tv=True the same pass also returns the per-sample total variation (SAN eq. 6,

@@ -1,4 +1,4 @@
-"""Total variation penalty (SPEC section 3, SAN eq. 6-7): fake kernels, autograd, backends,
+"""Total variation penalty (docs/spec.md section 3, SAN eq. 6-7): fake kernels, autograd, backends,
 public function.
 
 Registered ops, per (n, c) plane (forward: (N, C) in the accumulation dtype; backward: dL/da):

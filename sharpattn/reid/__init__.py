@@ -6,10 +6,15 @@ checkpoints, stages, torchrun), ``recipes/`` (one file per method), ``evaluation
 protocols, learned metrics), ``report/`` (logs, pictures, report.md); ``metrics/`` holds the
 protocol math and ``datasets/`` the dataset readers.
 
-The data and evaluation half is independent of the sharpattn kernels: it needs torch,
-torchvision, numpy, Pillow and tqdm (plus h5py and scipy to read CUHK03's .mat files). The
-engine adds pyyaml, matplotlib and (optionally) tensorboard, and builds models through
-``sharpattn.models``. See docs/reid.md for the protocols and docs/training.md for training.
+The data and evaluation half (``datasets``, ``metrics``, ``data``, ``evaluation``) has no code
+that calls the sharpattn operators (a model it evaluates may), so it works without a built
+``sharpattn._C``. It does not avoid importing them: importing any ``sharpattn.reid`` module
+first runs ``sharpattn/__init__.py``, which registers the ops and tries to load
+``sharpattn._C`` (warning when that fails), and then this file, which also imports the engine,
+the recipes and ``sharpattn.models``. Importing it needs torch, torchvision, numpy, Pillow, tqdm
+and pyyaml; h5py and scipy only to read CUHK03's .mat files, matplotlib only to draw pictures,
+tensorboard (optional) only to write its logs. See docs/reid.md for the protocols and
+docs/training.md for training.
 """
 
 from . import datasets, metrics
