@@ -5,9 +5,9 @@ the architecture only. The file a run was initialised from (``model.weights``) i
 input, loaded once by :func:`initialise_from` when a run starts fresh, recorded in the run's
 config for provenance, and never needed to rebuild a trained model. Any ``nn.Module`` mapping
 images ``(N, 3, H, W)`` to embeddings ``(N, D)`` can be registered with :func:`register_model`.
-The loop itself sees the model only through the recipe (``sharpattn.reid.recipes``), which calls
-the model-wide SAN helpers of ``sharpattn`` where it uses them (``set_temperature``,
-``tv_penalty``; the diagnostics call ``recording_masks`` / ``recording_gradients``).
+The SAN recipe calls the model-wide helpers of ``sharpattn`` it needs (``set_temperature``,
+``tv_penalty``); the loop's diagnostics and the report's pictures call ``recording_masks`` /
+``recording_gradients``, which record nothing on a model without sharp attention blocks.
 """
 
 from __future__ import annotations
