@@ -365,7 +365,8 @@ def load_config(name=None, overrides=()):
 
 def apply_overrides(cfg, overrides):
     """Apply ``["optim.lr=1e-4", "model.blocks=[1,2]", ...]``; values are parsed as YAML. An
-    override also replaces the same key where a stage of ``stages`` sets it."""
+    override also replaces the same key where a stage of ``stages`` sets it;
+    ``stages.<name>.optim.lr=...`` sets it in that stage only (checked when the stage is built)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=1e-4)")
@@ -376,6 +377,9 @@ def apply_overrides(cfg, overrides):
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: cannot parse the value: {e}") from e
         parts = key.split(".")
+        if parts[0] == "stages" and len(parts) > 2:  # stages.<name>.<section>.<key>: one stage
+            _override_one_stage(cfg.stages, parts[1], parts[2:], value, item)
+            continue
         nested = value
         for p in reversed(parts):
             nested = {p: nested}
@@ -383,6 +387,19 @@ def apply_overrides(cfg, overrides):
         if len(parts) > 1:
             _override_stages(cfg.stages, parts, value)
     return cfg
+
+
+def _override_one_stage(stages, name, parts, value, item):
+    stage = next((s for s in stages if isinstance(s, dict) and s.get("name") == name), None)
+    if stage is None:
+        names = ", ".join(str(s.get("name")) for s in stages if isinstance(s, dict)) or "none"
+        raise ConfigError(f"override {item!r}: no stage named {name!r} (stages: {names})")
+    node = stage
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: stage {name!r} sets {p!r} to a value, not a section")
+    node[parts[-1]] = value
 
 
 def _override_stages(stages, parts, value):

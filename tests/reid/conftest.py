@@ -29,6 +29,12 @@ TINY = ["model.arch=tiny", "model.blocks=[1]", "model.context=[]", "model.embedd
         "eval.mask_images=2", "name=tiny"]
 
 
+# TINY's optim.epochs=3 reaches every stage of a staged config (a command-line key wins over a
+# stage's): configs/aaanet_tiny.yaml's own stage epochs, set again stage by stage.
+AAA_STAGE_EPOCHS = ["stages.classifier.optim.epochs=1", "stages.assignment.optim.epochs=2",
+                    "stages.adversarial.optim.epochs=1"]
+
+
 @pytest.fixture(scope="session")
 def tiny_config(data_root):
     def make(*overrides, config=None):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import AAA_STAGE_EPOCHS
 from sharpattn.reid.config import load_config
 from sharpattn.reid.engine import TrainingInterrupted, train
 
@@ -15,7 +16,7 @@ SIZE = ("data.height=64", "data.width=32")  # f_r after conv3_x is 8 x 4: a 4 x 
 
 
 def _config(tiny_config, *overrides):
-    return tiny_config(*SIZE, *overrides, config=CONFIGS / "aaanet_tiny.yaml")
+    return tiny_config(*SIZE, *AAA_STAGE_EPOCHS, *overrides, config=CONFIGS / "aaanet_tiny.yaml")
 
 
 def _model(path):

@@ -150,7 +150,8 @@ def _aaanet_stage_grads(stage, images, pids, global_step, world):
     from sharpattn.reid.config import load_config
     from sharpattn.reid.modeling import build_model
     from sharpattn.reid.recipes import AAANetRecipe
-    cfg = load_config(str(HERE / "configs" / "aaanet_tiny.yaml"), conftest.TINY + AAA_OVERRIDES)
+    cfg = load_config(str(HERE / "configs" / "aaanet_tiny.yaml"),
+                      conftest.TINY + conftest.AAA_STAGE_EPOCHS + AAA_OVERRIDES)
     recipe = AAANetRecipe(cfg.stage_configs()[stage], torch.device("cpu"), world=world)
     torch.manual_seed(0)
     model = build_model(recipe.model_spec(types.SimpleNamespace(num_train_pids=4)))
@@ -211,7 +212,8 @@ def _aaanet_train_worker(rank, world, init_file, data_root, out_dir):
     from sharpattn.reid.config import load_config
     from sharpattn.reid.engine import train
     cfg = load_config(str(HERE / "configs" / "aaanet_tiny.yaml"),
-                      conftest.TINY + AAA_OVERRIDES[:2] + [f"data.root={data_root}", "data.num_identities=2"])
+                      conftest.TINY + conftest.AAA_STAGE_EPOCHS + AAA_OVERRIDES[:2]
+                      + [f"data.root={data_root}", "data.num_identities=2"])
     summary = train(cfg, out_dir)
     if rank == 0:
         torch.save({"stages": [s["name"] for s in summary["stages"]]}, Path(out_dir) / "done.pt")

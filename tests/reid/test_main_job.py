@@ -181,6 +181,11 @@ def test_a_command_line_override_reaches_every_stage():
     cfg = load_config("synthetic/aaanet", ["optim.momentum=0.5", "name=x"])
     assert [s.optim.epochs for s in cfg.stage_configs()] == [20, 8, 12]
     assert [s.stage_name for s in cfg.stage_configs()] == ["classifier", "assignment", "adversarial"]
+    # one stage alone: stages.<name>.<section>.<key>
+    cfg = load_config("synthetic/aaanet", ["optim.epochs=1", "stages.assignment.optim.epochs=3"])
+    assert [s.optim.epochs for s in cfg.stage_configs()] == [1, 3, 1]
+    with pytest.raises(ConfigError, match="no stage named 'assign'"):
+        load_config("synthetic/aaanet", ["stages.assign.optim.epochs=3"])
 
 
 def test_missing_initial_weights_say_what_the_file_is(tmp_path):
