@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 from .engine.checkpoint import CheckpointError, load_checkpoint
+from .engine.run_folder import DiskSpaceError
+from .engine.stop import TrainingDiverged
 from .config import ConfigError, apply_overrides, available_configs, config_from_dict, load_config
 from .datasets import DatasetFormatError, DatasetNotFoundError
 
@@ -23,7 +25,8 @@ __all__ = ["main", "train_main", "eval_main"]
 # fine-tuned at the paper's lr (configs/synthetic/_finetune.yaml; docs/training.md says why), and
 # AAA-Net's three stages (configs/synthetic/aaanet.yaml).
 DEFAULT_CONFIGS = ("synthetic/baseline", "synthetic/baseline_ft", "synthetic/san_ft", "synthetic/aaanet")
-USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError, FileExistsError)
+USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError, FileExistsError,
+               DiskSpaceError, TrainingDiverged)
 
 
 def _timestamp():
@@ -44,6 +47,11 @@ def _train_parser(prog="sharpattn-train"):
                    help="run folder (default: <output_dir>/<name>-<time>; several configs go to DIR/<name>)")
     p.add_argument("--resume", metavar="RUN_OR_CKPT",
                    help="continue a run from its folder or last.pt (its config is used unless --config is given)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into an --output that holds an earlier run's results, deleting them first")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: apply overrides that change how the run trains (lr, sizes, model ...), "
+                        "recorded in the run's config_history.yaml")
     p.add_argument("--data-root", metavar="DIR", help="shortcut for data.root=DIR")
     p.add_argument("--list-configs", action="store_true", help="list the packaged configs and exit")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
@@ -99,13 +107,19 @@ def _print_table(results, out_root=None):
 def run_training(args):
     from .engine import TrainingInterrupted, train
     from .engine.links import RunLinks
+    from .engine.run_folder import check_writable, claim
     from .engine.stages import STAGED_CONFIG, is_staged_run
 
     overrides = _shortcuts(args)
+    if args.overwrite and args.resume:
+        raise ConfigError("--overwrite starts a new run and --resume continues one: give one of them")
     if args.resume and is_staged_run(args.resume):  # a run of several stages: its folder
-        cfg = load_config(args.config[0] if args.config else Path(args.resume) / STAGED_CONFIG, overrides)
+        import yaml
+        saved_path = Path(args.resume) / STAGED_CONFIG
+        cfg = load_config(args.config[0] if args.config else saved_path, overrides)
         jobs = [(cfg, Path(args.resume), Path(args.resume))]
         out_root = None
+        _check_resume_changes(yaml.safe_load(saved_path.read_text()), cfg, args, Path(args.resume), None)
     elif args.resume:
         if args.config and len(args.config) > 1:
             raise ConfigError("--resume continues one run: give at most one --config")
@@ -119,6 +133,7 @@ def run_training(args):
         out_dir = Path(args.output) if args.output else Path(ckpt["path"]).parent
         jobs = [(cfg, out_dir, ckpt["path"])]
         out_root = None
+        _check_resume_changes(ckpt["config"], cfg, args, out_dir, ckpt["epoch"] + 1)
     else:
         names = args.config or list(DEFAULT_CONFIGS)
         cfgs = [load_config(n, overrides) for n in names]
@@ -137,10 +152,10 @@ def run_training(args):
                 if seen[c.name] > 1:
                     c.name = f"{c.name}-{seen[c.name]}"
             jobs = [(c, out_root / c.name, None) for c in cfgs]
-        for _, d, _ in jobs:
-            if (d / "last.pt").exists() or is_staged_run(d):
-                raise FileExistsError(f"{d} already holds a run (last.pt); continue it with --resume {d} "
-                                      f"or choose another --output")
+        for _, d, _ in jobs:  # before anything trains: no folder holds results, each can be written
+            if not args.overwrite:
+                claim(d)
+            check_writable(d)
     if not args.resume:  # every run:NAME names a run trained before it, or nothing trains
         RunLinks.check([cfg for cfg, _, _ in jobs])
     links = RunLinks()
@@ -152,7 +167,7 @@ def run_training(args):
     t0 = time.time()
     for cfg, out_dir, resume in jobs:
         try:
-            results.append(train(cfg, out_dir, resume=resume, links=links))
+            results.append(train(cfg, out_dir, resume=resume, links=links, overwrite=args.overwrite))
         except TrainingInterrupted as e:
             print(f"\n{e}\ncontinue with: sharpattn-train --resume {out_dir}", file=sys.stderr)
             return 130
@@ -166,6 +181,20 @@ def run_training(args):
     return 0
 
 
+def _check_resume_changes(saved, cfg, args, folder, epoch):
+    """Refuse overrides that change how a resumed run trains, unless --allow-changes; then record
+    them (``epoch``: the first epoch they apply to; None for a run of stages)."""
+    from .config_changes import config_changes, record_changes, refuse_changes
+    from .engine.distributed import is_main_process
+
+    changes = config_changes(saved, cfg)
+    if not args.allow_changes:
+        refuse_changes(changes, folder)
+    if changes and is_main_process():
+        path = record_changes(folder, changes, epoch)
+        print(f"sharpattn-train: resuming with {len(changes)} config change(s), recorded in {path}", flush=True)
+
+
 def _is_main():
     import torch.distributed as dist
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -175,6 +204,7 @@ def run_eval(args):
     import torch
 
     from .engine.checkpoint import check_model_spec, load_model_state
+    from .engine.run_folder import check_writable
     from .data import build_dataset
     from .engine import resolve_device
     from .evaluation import evaluate
@@ -198,7 +228,7 @@ def run_eval(args):
     model.eval()
     dataset = build_dataset(cfg.data)
     out_dir = Path(args.output) if args.output else Path(ckpt["path"]).parent / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
     if args.metric or uses_learned_metrics(cfg):  # one row per metric
         metrics, distmat = evaluate_metrics(model, dataset, cfg, device, args.metric or cfg.eval.metrics,
                                             cfg.train.progress, args.ten_crop, args.rerank or None,

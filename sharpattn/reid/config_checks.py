@@ -6,7 +6,7 @@ import math
 
 from .config import AMP_MODES, ConfigError
 
-__all__ = ["check_config"]
+__all__ = ["check_config", "check_dataset_fits"]
 
 
 def check_config(cfg):
@@ -45,8 +45,24 @@ def check_config(cfg):
         bad("data.num_identities", "a triplet batch needs at least 2 identities")
     if cfg.optim.schedule == "hermans" and not 0 <= cfg.optim.decay_start <= cfg.optim.epochs:
         bad("optim.decay_start", f"must be in 0..optim.epochs ({cfg.optim.epochs}), got {cfg.optim.decay_start}")
-    if cfg.optim.lr <= 0:
-        bad("optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    if not (math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0):  # NaN passes "<= 0"
+        bad("optim.lr", f"must be a finite number > 0, got {cfg.optim.lr}")
+    if not (math.isfinite(cfg.optim.weight_decay) and cfg.optim.weight_decay >= 0):
+        bad("optim.weight_decay", f"must be a finite number >= 0, got {cfg.optim.weight_decay}")
+    if not (0 <= cfg.optim.momentum < 1):
+        bad("optim.momentum", f"must be in [0, 1), got {cfg.optim.momentum}")
+    if not 0 <= cfg.train.seed < 2**32:  # numpy's seeds
+        bad("train.seed", f"must be in 0..2^32-1, got {cfg.train.seed}")
+    if cfg.data.workers < 0:
+        bad("data.workers", f"must be >= 0 (0: load in the training process), got {cfg.data.workers}")
+    if cfg.train.threads < 0:
+        bad("train.threads", f"must be >= 0 (0: torch's default), got {cfg.train.threads}")
+    if cfg.model.embedding_dim < 1:
+        bad("model.embedding_dim", f"must be >= 1, got {cfg.model.embedding_dim}")
+    if not (math.isfinite(cfg.loss.margin) and cfg.loss.margin >= 0):
+        bad("loss.margin", f"must be a finite number >= 0, got {cfg.loss.margin}")
+    if not (math.isfinite(cfg.loss.mu) and cfg.loss.mu >= 0):
+        bad("loss.mu", f"must be a finite number >= 0, got {cfg.loss.mu}")
     if not 0 < cfg.optim.final_lr_factor <= 1:
         bad("optim.final_lr_factor", f"must be in (0, 1], got {cfg.optim.final_lr_factor}")
     if cfg.eval.ap_mode not in ("standard", "market"):
@@ -55,8 +71,10 @@ def check_config(cfg):
         bad("eval.metric", f"must be euclidean, sqeuclidean or cosine, got {cfg.eval.metric!r}")
     if not cfg.eval.metrics or any(m not in ("euclidean", "xqda", "kissme") for m in cfg.eval.metrics):
         bad("eval.metrics", f"must list some of euclidean, xqda, kissme, got {cfg.eval.metrics}")
-    if cfg.tau.tau0 <= 0 or cfg.tau.tau_min <= 0:
-        bad("tau", "tau0 and tau_min must be > 0")
+    for key in ("tau0", "tau_min", "alpha"):
+        value = getattr(cfg.tau, key)
+        if not (math.isfinite(value) and (value > 0 or key == "alpha" and value >= 0)):
+            bad(f"tau.{key}", f"must be a finite number {'>= 0' if key == 'alpha' else '> 0'}, got {value}")
     if any(b not in (1, 2, 3, 4) for b in cfg.model.blocks):
         bad("model.blocks", f"blocks are numbered 1..4, got {cfg.model.blocks}")
     if any(c not in cfg.model.blocks for c in cfg.model.context):
@@ -68,3 +86,20 @@ def check_config(cfg):
         bad("train.diagnostics_every", f"must be >= 0, got {cfg.train.diagnostics_every}")
     if cfg.train.eval_every < 0 or cfg.train.checkpoint_every < 0:
         bad("train.eval_every", "eval_every and checkpoint_every must be >= 0")
+
+
+def check_dataset_fits(data_cfg, dataset, log=print):
+    """What the batch settings ask of the dataset just read: too many identities per batch is an
+    error; more images per identity than most identities have is a warning (the sampler repeats
+    their images in every batch)."""
+    import statistics
+    from collections import Counter
+
+    if data_cfg.num_identities > dataset.num_train_pids:
+        raise ConfigError(f"config key 'data.num_identities': {data_cfg.num_identities} identities per batch, but "
+                          f"{dataset.name} has {dataset.num_train_pids} training identities")
+    per_id = sorted(Counter(pid for _, pid, _ in dataset.train).values())
+    if per_id and data_cfg.num_instances > statistics.median(per_id):
+        log(f"[sharpattn] warning: data.num_instances={data_cfg.num_instances} images per identity, but half of "
+            f"{dataset.name}'s training identities have {statistics.median(per_id):g} or fewer: their images "
+            f"repeat within each batch")

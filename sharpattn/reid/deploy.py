@@ -6,8 +6,8 @@ No dataset layout and no labels are needed: any folder of images (searched recur
     result = embed_folder(model, "photos/", cfg.data.height, cfg.data.width)
     result.features            # (N, D) float32, one row per readable image, in result.names order
 
-Unreadable images (corrupt, truncated, not an image despite the extension) are skipped with a
-warning that names each one, and listed in `result.skipped`; `strict=True` makes the first one
+Unreadable images (corrupt, truncated, not an image despite the extension, a broken or looping
+symbolic link) are skipped with a warning that names each one, and listed in `result.skipped`; `strict=True` makes the first one
 an error instead. The features are computed as `sharpattn-eval` computes them (the same test
 transform, 10-crop averaged when asked), so a search over a dataset's query and gallery folders
 ranks them as the evaluation does.
@@ -34,8 +34,8 @@ from .metrics import compute_distance_matrix
 from .modeling import build_model
 from .data.transforms import build_test_transform
 
-__all__ = ["Embedded", "embed_folder", "list_images", "load_inference_model", "rank",
-           "write_features", "write_ranking_csv"]
+__all__ = ["Embedded", "check_writable", "embed_folder", "features_path", "list_images",
+           "load_inference_model", "order_by_distance", "rank", "same_files", "write_features", "write_ranking_csv"]
 
 EXTENSIONS = tuple(sorted(set(IMAGE_EXTENSIONS) | {".webp", ".tif", ".tiff"}))
 
@@ -51,15 +51,31 @@ def load_inference_model(checkpoint, device="cpu"):
 
 
 def list_images(folder) -> list[Path]:
-    """Image files under `folder` (recursively, by extension), sorted by relative path."""
+    """Image files under `folder` (recursively, by extension), sorted by relative path.
+
+    A symbolic link with an image extension that leads nowhere (its target is missing, or it
+    loops) is listed too: reading it fails, so `embed_folder` reports it as unreadable instead
+    of leaving it out without a word.
+    """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder: {folder}")
     files = sorted(p for p in folder.rglob("*")
-                   if p.is_file() and p.suffix.lower() in EXTENSIONS)
+                   if p.suffix.lower() in EXTENSIONS and (p.is_file() or _dead_link(p)))
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(EXTENSIONS)}) under {folder}")
     return files
+
+
+def _dead_link(path: Path) -> bool:
+    """A symbolic link whose target cannot be reached (missing, or a loop of links)."""
+    if not path.is_symlink():
+        return False
+    try:
+        path.stat()
+    except OSError:
+        return True
+    return False
 
 
 class _Images(Dataset):
@@ -75,7 +91,20 @@ class _Images(Dataset):
         try:
             return i, self.transform(read_image(self.paths[i])), ""
         except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for bad image data
-            return i, None, str(e)
+            return i, None, _reason(e, self.paths[i])
+
+
+def _reason(error, path) -> str:
+    """Why an image could not be read, without read_image's "cannot read image <path>: "
+    prefix (the caller names the file itself)."""
+    text = str(error)
+    prefix = f"cannot read image {path}: "
+    if text.startswith(prefix):
+        text = text[len(prefix):]
+    cause = error.__cause__ or error
+    if isinstance(cause, OSError) and cause.strerror:  # the OS's words, e.g. "Too many levels of
+        text = cause.strerror                          # symbolic links" (a loop), not "[Errno 40] ..."
+    return " ".join(text.split()) or type(error).__name__
 
 
 def _collate(items):
@@ -146,38 +175,99 @@ def embed_folder(model, folder, height, width, ten_crop=False, batch_size=64, wo
     return Embedded(root, names, torch.cat(feats), skipped)
 
 
+def features_path(path) -> Path:
+    """Where `write_features(path, ...)` writes: `path` itself when it ends in ".npz";
+    `path/features.npz` when `path` is a folder (or ends in a path separator); else `path` with
+    ".npz" appended (as numpy would)."""
+    text = os.fspath(path)
+    p = Path(text).expanduser()
+    if p.is_dir() or text.endswith(("/", os.sep)):
+        return p / "features.npz"
+    return p if p.name.endswith(".npz") else p.with_name(p.name + ".npz")
+
+
 def write_features(path, embedded: Embedded, **meta):
     """An .npz with `names` (relative paths), `features` (N, D) float32, `skipped` (names)
-    and any `meta` values given (checkpoint, ten_crop, height, width)."""
-    path = Path(path)
+    and any `meta` values given (checkpoint, ten_crop, height, width), at
+    `features_path(path)`; returns the path written."""
+    path = features_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, names=np.array(embedded.names, dtype=str),
-             features=embedded.features.numpy().astype(np.float32),
-             skipped=np.array([n for n, _ in embedded.skipped], dtype=str),
-             root=str(embedded.root), **{k: np.asarray(v) for k, v in meta.items()})
+    with open(path, "wb") as f:  # a file object: numpy writes exactly there
+        np.savez(f, names=np.array(embedded.names, dtype=str),
+                 features=embedded.features.numpy().astype(np.float32),
+                 skipped=np.array([n for n, _ in embedded.skipped], dtype=str),
+                 root=str(embedded.root), **{k: np.asarray(v) for k, v in meta.items()})
     return path
 
 
-def rank(query_features, gallery_features, metric="euclidean"):
-    """(distance matrix (Q, G), gallery indices of each query sorted by distance, ties in
-    gallery order): the evaluation's distance, without its junk rules (there are no labels)."""
+def check_writable(path, folder=False):
+    """Raise OSError (one line, naming the folder in the way) when the file `path` (with
+    `folder`: the folder `path`) cannot be written: something on the way is a file, or the
+    nearest existing folder is not writable. Creates nothing; called before the slow work."""
+    path = Path(path).expanduser()
+    if not folder and path.is_dir():
+        raise OSError(f"cannot write {path}: it is a folder; name a file in it")
+    probe = path if folder else path.parent
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "a file, not a folder" if probe.is_file() else "not a folder"
+        raise OSError(f"cannot write {path}: {'it' if probe == path else probe} is {what}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OSError(f"cannot write {path}: the folder {probe} is not writable")
+
+
+def same_files(query: Embedded, gallery: Embedded) -> list[tuple[int, int]]:
+    """(query index, gallery index) of every pair that is one file (equal resolved paths, so a
+    symbolic link and its target count as the same)."""
+    where = {}
+    for gi, p in enumerate(gallery.paths):
+        where.setdefault(_resolved(p), []).append(gi)
+    return [(qi, gi) for qi, p in enumerate(query.paths) for gi in where.get(_resolved(p), ())]
+
+
+def _resolved(path: Path):
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return path.absolute()
+
+
+def rank(query_features, gallery_features, metric="euclidean", exclude=()):
+    """(distance matrix (Q, G), each query's gallery indices sorted by distance, ties in
+    gallery order): the evaluation's distance, without its junk rules (there are no labels).
+
+    `exclude`: (query, gallery) index pairs left out of the query's ranking (e.g. `same_files`:
+    a query is never its own match); the rankings are then a list of arrays, of lengths G
+    minus the pairs of each query (else a (Q, G) array).
+    """
     dist = compute_distance_matrix(query_features, gallery_features, metric=metric).cpu()
-    order = np.argsort(dist.numpy(), axis=1, kind="stable")
-    return dist, order
+    return dist, order_by_distance(dist, exclude)
+
+
+def order_by_distance(dist, exclude=()):
+    """Each row's column indices sorted by distance (stable), without the `exclude` pairs."""
+    d = dist.numpy() if isinstance(dist, torch.Tensor) else np.asarray(dist)
+    order = np.argsort(d, axis=1, kind="stable")
+    if not len(exclude):
+        return order
+    drop = np.zeros(d.shape, dtype=bool)
+    for qi, gi in exclude:
+        drop[qi, gi] = True
+    return [row[~drop[qi, row]] for qi, row in enumerate(order)]
 
 
 def write_ranking_csv(path, query: Embedded, gallery: Embedded, dist, order, topk=None):
     """One row per (query, rank): query, rank (1-based), gallery, distance; `topk` ranks per
-    query (None: the whole gallery)."""
+    query (None: its whole ranking). `order`: `rank`'s rankings (an array or a list of them)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     d = dist.numpy() if isinstance(dist, torch.Tensor) else np.asarray(dist)
-    k = order.shape[1] if topk is None else min(topk, order.shape[1])
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["query", "rank", "gallery", "distance"])
         for qi, qname in enumerate(query.names):
-            for r, gi in enumerate(order[qi, :k]):
+            for r, gi in enumerate(order[qi][:topk]):
                 w.writerow([qname, r + 1, gallery.names[gi], f"{d[qi, gi]:.6g}"])
     return path
 

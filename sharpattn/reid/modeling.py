@@ -89,4 +89,11 @@ def initialise_from(model, weights, what=None):
         hint = "" if "checkpoint" in what else " " + " ".join(WEIGHTS_HELP.split())
         raise ConfigError(f"model.weights={weights!r}: {what}, to initialise the backbone from, "
                           f"is not there ({path.resolve()} does not exist).{hint}")
-    return load_imagenet_weights(model, path)
+    try:
+        return load_imagenet_weights(model, path)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a foreign or malicious file: torch.load raises several types
+        text = " ".join(str(e).split())
+        raise ConfigError(f"model.weights={str(weights)!r}: cannot use {path} to initialise the backbone "
+                          f"({text[:300]})") from None

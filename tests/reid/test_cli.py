@@ -83,8 +83,12 @@ def trained_run(tmp_path_factory, data_root):
 def test_train_refuses_to_overwrite_and_resume_checks_the_model(trained_run, capsys):
     assert train_main(["--config", "synthetic/san", "--output", str(trained_run)] + TINY) == 2
     assert "--resume" in _err(capsys)
-    # resuming with a different model (from the command line) is refused, naming the difference
+    # resuming with a different model (from the command line) is refused, naming the difference:
+    # as a change of the run, and, with --allow-changes, as a checkpoint of another model
     assert train_main(["--resume", str(trained_run), "model.blocks=[]", "model.context=[]"]) == 2
+    err = _err(capsys)
+    assert "would change how the run trains" in err and "model.blocks [1] -> []" in err
+    assert train_main(["--resume", str(trained_run), "--allow-changes", "model.blocks=[]", "model.context=[]"]) == 2
     err = _err(capsys)
     assert "from another model" in err and "model.blocks [1] vs []" in err
     assert eval_main([str(trained_run), "model.residual=false"]) == 2

@@ -32,6 +32,10 @@ __all__ = ["CheckpointError", "FORMAT", "capture_rng", "check_model_spec", "load
 
 FORMAT = "sharpattn.reid/1"
 
+REQUIRED_KEYS = ("format", "kind", "model_spec", "model", "config")
+"""What every checkpoint holds (``last.pt``, ``kind == "train"``, holds more: see above)."""
+KINDS = ("train", "model")
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or belongs to another model."""
@@ -86,8 +90,13 @@ def save_checkpoint(obj, path):
     return path
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Read a checkpoint with ``weights_only=True``; clear errors for missing or foreign files."""
+def load_checkpoint(path, map_location="cpu", required=REQUIRED_KEYS):
+    """Read a checkpoint with ``weights_only=True``; clear errors for missing or foreign files.
+
+    A file without one of ``required`` (by default the keys every checkpoint has: format, kind,
+    model_spec, model, config), or with an unknown ``kind``, raises :class:`CheckpointError`
+    naming the file and what is missing, before any caller reads those keys.
+    """
     path = Path(path)
     if path.is_dir():
         for name in ("last.pt", "best.pt"):
@@ -106,12 +115,30 @@ def load_checkpoint(path, map_location="cpu"):
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises several types for bad files
         raise CheckpointError(f"cannot read checkpoint {path} (it must be a sharpattn.reid checkpoint, "
-                              f"loadable with torch.load(weights_only=True)): {e}") from e
+                              f"loadable with torch.load(weights_only=True)): {_one_line(e)}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a sharpattn.reid checkpoint (no format {FORMAT!r}); "
                               f"to evaluate plain weights, build the model and load_state_dict yourself")
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete sharpattn.reid checkpoint: it has no "
+                              f"{', '.join(repr(k) for k in missing)} (a checkpoint written by "
+                              f"sharpattn-train has {', '.join(REQUIRED_KEYS)})")
+    if "kind" in required and ckpt["kind"] not in KINDS:
+        raise CheckpointError(f"{path} has kind {ckpt['kind']!r}; a sharpattn.reid checkpoint's kind is "
+                              f"{' or '.join(repr(k) for k in KINDS)}")
+    if "model_spec" in required and not (isinstance(ckpt["model_spec"], dict)
+                                         and isinstance(ckpt["model_spec"].get("arch"), str)):
+        raise CheckpointError(f"{path} has no model architecture (its model_spec is not "
+                              f"{{'arch': ..., 'kwargs': {{...}}}})")
     ckpt["path"] = str(path)
     return ckpt
+
+
+def _one_line(e):
+    """An exception's message on one line (torch's unpickling errors span several)."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def check_model_spec(ckpt, spec):

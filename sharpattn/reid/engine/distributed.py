@@ -12,7 +12,8 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["DIST_TIMEOUT", "barrier", "dist_on", "resolve_device", "setup_distributed", "world_size"]
+__all__ = ["DIST_TIMEOUT", "barrier", "dist_on", "is_main_process", "resolve_device", "setup_distributed",
+           "world_size"]
 
 # Process 0 evaluates (a 10-crop evaluation of a large gallery takes many minutes) while the others
 # wait at a barrier: the collective timeout must outlast it (NCCL's default is 10 minutes).
@@ -21,6 +22,11 @@ DIST_TIMEOUT = datetime.timedelta(hours=2)
 
 def dist_on():
     return dist.is_available() and dist.is_initialized()
+
+
+def is_main_process():
+    """Rank 0 of a process group, or of torchrun's environment before the group exists."""
+    return (dist.get_rank() if dist_on() else int(os.environ.get("RANK", "0"))) == 0
 
 
 def world_size():
@@ -55,10 +61,17 @@ def resolve_device(pref, local_rank=0):
     """The torch.device of ``train.device`` for this process."""
     if pref == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(pref)
+    try:
+        dev = torch.device(pref)
+    except RuntimeError:
+        from ..config import ConfigError
+        raise ConfigError(f"config key 'train.device': {pref!r} is not a device; use auto, cpu, cuda or "
+                          f"cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device={pref!r} but CUDA is not available on this machine")
+            from ..config import ConfigError
+            raise ConfigError(f"config key 'train.device': {pref!r}, but torch sees no GPU on this machine "
+                              f"(torch.cuda.is_available() is False): use train.device=cpu or auto")
         if dev.index is None:
             dev = torch.device(f"cuda:{local_rank}")
     return dev

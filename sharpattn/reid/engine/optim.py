@@ -33,12 +33,15 @@ def backward_and_step(loss, optimizer, scaler, parameters, max_norm=None):
 
     The clip sees the true gradients: ``scaler.unscale_`` first divides out the fp16 loss scale
     (a no-op for a disabled scaler), and a step whose gradients overflowed is skipped by the
-    scaler as usual. Returns ``(pre-clip norm, clipped)`` as :func:`clip_gradients`.
+    scaler as usual; without a scaler, non-finite gradients raise FloatingPointError before the
+    step. Returns ``(pre-clip norm, clipped)`` as :func:`clip_gradients`.
     """
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     norm, clipped = clip_gradients(parameters, max_norm)
+    if not math.isfinite(norm) and not scaler.is_enabled():  # fp16's scaler skips such a step itself
+        raise FloatingPointError(f"gradient norm {norm}")
     scaler.step(optimizer)
     scaler.update()
     return norm, clipped

@@ -11,8 +11,34 @@ import torch.distributed as dist
 from ..config import config_to_dict
 from .checkpoint import FORMAT, CheckpointError, capture_rng, load_model_state, restore_rng, save_checkpoint
 from .distributed import barrier
+from .run_folder import DiskSpaceError, check_free_space
 
 __all__ = ["TrainState", "one_based"]
+
+
+def _tensor_bytes(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _save(state, path):
+    """save_checkpoint after checking the disk has room for it (the old file stays until the new
+    one is complete, so the new one needs its whole size), with a message that says so when a
+    full disk stops the write anyway."""
+    check_free_space(path.parent, _tensor_bytes(state) + 2**20, path.name)
+    try:
+        save_checkpoint(state, path)
+    except (OSError, RuntimeError) as e:
+        full = getattr(e, "errno", None) == 28 or "unexpected pos" in str(e) or "No space left" in str(e)
+        if not full:
+            raise
+        raise DiskSpaceError(f"writing {path} failed: the disk is full ({e.__class__.__name__}); the previous "
+                             f"{path.name}, if any, is intact") from None
 
 
 def one_based(best):
@@ -44,15 +70,23 @@ class TrainState:
     def save_last(self):
         state = self._state()  # collective under DDP: every process takes part
         if self.main:
-            save_checkpoint(state, self.out_dir / "last.pt")
+            _save(state, self.out_dir / "last.pt")
         barrier()
         return self.out_dir / "last.pt"
 
     def _save_best(self):
-        save_checkpoint({"format": FORMAT, "kind": "model", "model_spec": self.spec,
-                         "model": self.raw_model.state_dict(), "config": config_to_dict(self.cfg),
-                         "metrics": self.last_metrics, "epoch": self.epoch,
-                         "initialised_from": self.initialised_from}, self.out_dir / "best.pt")
+        _save({"format": FORMAT, "kind": "model", "model_spec": self.spec,
+               "model": self.raw_model.state_dict(), "config": config_to_dict(self.cfg),
+               "metrics": self.last_metrics, "epoch": self.epoch,
+               "initialised_from": self.initialised_from}, self.out_dir / "best.pt")
+
+    def check_room_for_checkpoints(self):
+        """Before the first epoch: the folder takes last.pt and best.pt (a run that cannot save
+        should fail now, not after its first epoch and evaluation)."""
+        model_bytes = sum(t.numel() * t.element_size() for t in self.raw_model.state_dict().values())
+        moments = 2 if self.cfg.optim.name == "adam" else 1  # optimiser state per parameter
+        params = sum(p.numel() * p.element_size() for p in self.params)
+        check_free_space(self.out_dir, 2 * model_bytes + moments * params, "this run's last.pt and best.pt")
 
     def _load_state(self, ckpt):
         if ckpt.get("kind") != "train":

@@ -6,7 +6,12 @@ import signal
 import sys
 import threading
 
-__all__ = ["StopFlag", "TrainingInterrupted"]
+__all__ = ["StopFlag", "TrainingDiverged", "TrainingInterrupted"]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the gradients became NaN or infinite; the message says at which epoch and step.
+    The step is not applied, so ``last.pt`` (the last epoch's end) holds finite weights."""
 
 
 class TrainingInterrupted(Exception):

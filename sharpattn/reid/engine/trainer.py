@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config, ConfigError
+from ..config import Config
+from ..config_checks import check_dataset_fits
 from ..data import SeededImages, build_dataset, build_train_transform, train_loader
 from ..evaluation import evaluate, evaluate_metrics, uses_learned_metrics
 from ..recipes import get_recipe
@@ -33,12 +34,13 @@ from ..report.logs import RunLog
 from ..report.summary import write_pictures, write_report
 from .checkpoint import check_model_spec, load_checkpoint
 from .diagnostics import EpochDiagnostics, gradient_statistics, mask_statistics, probing, sharpness_line
-from .distributed import barrier, resolve_device, setup_distributed
+from .distributed import barrier, is_main_process, resolve_device, setup_distributed
 from .optim import backward_and_step
+from .run_folder import RunLock, claim
 from .state import TrainState, one_based
-from .stop import StopFlag, TrainingInterrupted
+from .stop import StopFlag, TrainingDiverged, TrainingInterrupted
 
-__all__ = ["Trainer", "TrainingInterrupted", "train"]
+__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "train"]
 
 
 class Trainer(TrainState):
@@ -76,9 +78,7 @@ class Trainer(TrainState):
         torch.manual_seed(cfg.train.seed)  # same initial weights on every process
         np.random.seed(cfg.train.seed)
         self.dataset = build_dataset(cfg.data, self.rank)
-        if cfg.data.num_identities > self.dataset.num_train_pids:
-            raise ValueError(f"data.num_identities={cfg.data.num_identities} but {self.dataset.name} has only "
-                             f"{self.dataset.num_train_pids} training identities")
+        check_dataset_fits(cfg.data, self.dataset, self.log)
         self.spec = self.recipe.model_spec(self.dataset)
         if self.resume_ckpt is not None:
             check_model_spec(self.resume_ckpt, self.spec)
@@ -105,6 +105,8 @@ class Trainer(TrainState):
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.model, device_ids=ids)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.main:
+            self.check_room_for_checkpoints()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.epoch, self.step, self.global_step = 0, 0, 0
         self.history, self.best = [], {"mAP": -1.0, "epoch": -1}
@@ -221,12 +223,14 @@ class Trainer(TrainState):
                 loss, st = self.recipe.step(self.model, self.raw_model, images, pids)
             if not math.isfinite(st["loss"]):
                 detail = ", ".join(f"{k} {st[k]}" for k in self.recipe.stat_keys if k != "loss")
-                raise FloatingPointError(f"loss is {st['loss']} at epoch {self.epoch + 1}, step {self.step + 1} "
-                                         f"({detail}); lower optim.lr or use train.amp=none/bf16")
+                self._diverged(f"the loss is {st['loss']} ({detail})")
             # Under DDP the backward averages the gradients first: every process clips alike.
             scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
-            grad_norm, clipped = backward_and_step(loss, self.optimizer, self.scaler, self.params,
-                                                   cfg.optim.grad_clip)
+            try:
+                grad_norm, clipped = backward_and_step(loss, self.optimizer, self.scaler, self.params,
+                                                       cfg.optim.grad_clip)
+            except FloatingPointError as e:
+                self._diverged(f"the {e} is not finite")
         diag.add_step(grad_norm, clipped)
         st["grad_norm"] = grad_norm
         self.step += 1
@@ -241,8 +245,22 @@ class Trainer(TrainState):
             self.logs.scalars("train", {"grad_norm": grad_norm, "grad_clipped": float(clipped)}, self.global_step)
         return st, grad_norm
 
+    def _diverged(self, what):
+        done = f"{self.out_dir / 'last.pt'} holds the end of epoch {self.epoch}" if self.epoch else "no epoch finished"
+        raise TrainingDiverged(f"training diverged at epoch {self.epoch + 1}, step {self.step + 1} (global step "
+                               f"{self.global_step + 1}): {what}; the step was not applied and {done}. Lower "
+                               f"optim.lr (now {self.optimizer.param_groups[0]['lr']:.3g}), set optim.grad_clip, "
+                               f"or use train.amp=none/bf16")
+
     def _evaluate(self, last):
         cfg = self.cfg
+        broken = [k for k, t in self.raw_model.state_dict().items()
+                  if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if broken:  # e.g. batch-norm running statistics overflowed while the training loss stayed finite
+            raise TrainingDiverged(f"training diverged by the end of epoch {self.epoch + 1}: the model holds "
+                                   f"non-finite values in {len(broken)} tensors ({', '.join(broken[:3])}); "
+                                   f"lower optim.lr (now {self.optimizer.param_groups[0]['lr']:.3g}) or set "
+                                   f"optim.grad_clip")
         if last and uses_learned_metrics(cfg):  # eval.metrics: one row per metric
             return evaluate_metrics(self.raw_model, self.dataset, cfg, self.device, cfg.eval.metrics,
                                     cfg.train.progress, amp_ctx=self._amp_ctx(), save_dir=self.out_dir,
@@ -320,15 +338,21 @@ class Trainer(TrainState):
         return summary
 
 
-def train(cfg, out_dir, resume=None, links=None, **kwargs):
+def train(cfg, out_dir, resume=None, links=None, overwrite=False, **kwargs):
     """Train as configured; a config with ``stages`` trains each in turn (see ``stages.py``).
 
-    ``links``: the :class:`~sharpattn.reid.engine.links.RunLinks` of the runs trained before this
-    one in the same invocation, which ``model.weights: run:NAME`` names; the finished run is added.
+    ``out_dir`` is locked while the run writes it, and a new run (no ``resume``) refuses a
+    folder that holds results unless ``overwrite`` (run_folder.py). ``links``: the
+    :class:`~sharpattn.reid.engine.links.RunLinks` of the runs trained before this one in the
+    same invocation, which ``model.weights: run:NAME`` names; the finished run is added.
     """
-    if links is not None and resume is None:
-        links.resolve(cfg)
-    summary = _train(cfg, out_dir, resume, **kwargs)
+    log = kwargs.get("log", print)
+    with RunLock(out_dir, enabled=is_main_process(), log=log):
+        if resume is None and is_main_process():
+            claim(out_dir, overwrite, log=log)
+        if links is not None and resume is None:
+            links.resolve(cfg)
+        summary = _train(cfg, out_dir, resume, **kwargs)
     if links is not None:
         links.add(summary)
     return summary
