@@ -155,7 +155,7 @@ def run_training(args):
         for _, d, _ in jobs:  # before anything trains: no folder holds results, each can be written
             if not args.overwrite:
                 claim(d)
-            check_writable(d)
+            check_writable(d, create=False)
     if not args.resume:  # every run:NAME names a run trained before it, or nothing trains
         RunLinks.check([cfg for cfg, _, _ in jobs])
     links = RunLinks()

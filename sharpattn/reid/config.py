@@ -59,6 +59,7 @@ class DataConfig:
     num_instances: int = 4           # K images per identity
     random_erasing: float = 0.0      # probability of random erasing per training image (AAA-Net Table 5)
     workers: int = 4                 # DataLoader worker processes
+    strict: bool = False             # unreadable images found before the run are an error, not skipped with a warning
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

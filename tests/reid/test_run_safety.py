@@ -207,7 +207,7 @@ class _Payload:
 def test_a_malicious_weights_file_is_refused_in_one_line(tmp_path, data_root, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     evil = tmp_path / "weights.pth"
-    evil.write_bytes(pickle.dumps(_Payload()))
+    evil.write_bytes(pickle.dumps(_Payload(), protocol=2))
     assert train_main(_args(tmp_path / "run", data_root, f"model.weights={evil}", "model.blocks=[]")) == 2
     line = _one_line_error(capsys)
     assert "model.weights" in line and str(evil) in line

@@ -2,7 +2,8 @@
 
 A builder takes the config's ``data`` section and the process rank and returns a dataset object
 with ``train``, ``query`` and ``gallery`` lists of ``(path, pid, camid)`` and ``num_train_pids``
-(see ``sharpattn.reid.datasets.base``). Register a new one with :func:`register_dataset`.
+(see ``sharpattn.reid.datasets.base``). Register a new one with :func:`register_dataset`;
+:func:`build_dataset` checks the images of whatever it returns.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..datasets import CUHK03, MSMT17, DukeMTMCreID, ImageFolderReID, Market1501, make_synthetic
+from ..datasets import CUHK03, MSMT17, DukeMTMCreID, ImageFolderReID, Market1501, check_images, make_synthetic
 
 __all__ = ["DATASETS", "build_dataset", "register_dataset", "synthetic_root"]
 
@@ -25,10 +26,16 @@ def register_dataset(name, builder):
 
 
 def build_dataset(data_cfg, rank=0):
-    """The dataset named by the config (the synthetic one is written on first use)."""
+    """The dataset named by the config (the synthetic one is written on first use), its images
+    checked: every image is decoded once, unreadable ones are left out with a warning (or, with
+    ``data.strict=true``, refused with :class:`DatasetFormatError`), and a split without images
+    is an error naming its folder (:func:`sharpattn.reid.datasets.check_images`)."""
     if data_cfg.name not in DATASETS:
         raise ValueError(f"unknown dataset {data_cfg.name!r}; registered: {', '.join(sorted(DATASETS))}")
-    return DATASETS[data_cfg.name](data_cfg, rank)
+    dataset = DATASETS[data_cfg.name](data_cfg, rank)
+    # Every process checks (the same files give the same lists); only process 0 warns.
+    check_images(dataset, strict=bool(getattr(data_cfg, "strict", False)), main=rank == 0)
+    return dataset
 
 
 def _root(data_cfg):

@@ -60,6 +60,7 @@ class CUHK03(ReIDDataset):
             self.val = []
         else:
             train, query, gallery, self.val = self._classic(mat_path, meta, split_id, seed, num_val)
+        self.split_dirs = dict.fromkeys(("train", "query", "gallery"), image_dir)
         super().__init__(relabel(train), query, gallery, name=f"CUHK03-{self.kind}-{protocol}")
 
     # -- files --------------------------------------------------------------------------------

@@ -39,4 +39,6 @@ class Market1501(ReIDDataset):
             parsed.append([it for it in items if it[1] != JUNK])
         train, query, gallery = parsed
         self.root = base
+        self.split_dirs = {"train": base / self.splits[0], "query": base / self.splits[1],
+                           "gallery": base / self.splits[2]}
         super().__init__(relabel(train), query, gallery)

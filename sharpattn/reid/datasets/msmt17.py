@@ -38,6 +38,10 @@ class MSMT17(ReIDDataset):
         query = self._read_list(base / self.lists[2], test_dir)
         gallery = self._read_list(base / self.lists[3], test_dir)
         self.root = base
+        train_lists = " + ".join(self.lists[:2] if include_val else self.lists[:1])
+        self.split_dirs = {"train": f"{train_dir} (as listed in {train_lists})",
+                           "query": f"{test_dir} (as listed in {self.lists[2]})",
+                           "gallery": f"{test_dir} (as listed in {self.lists[3]})"}
         super().__init__(relabel(train), query, gallery)
 
     def _locate(self, root):

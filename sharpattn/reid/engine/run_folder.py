@@ -123,11 +123,18 @@ class RunLock:
         return False
 
 
-def check_writable(folder):
-    """Create ``folder`` and write a file into it, or raise :class:`RunFolderError` naming it."""
+def check_writable(folder, create=True):
+    """Create ``folder`` (``create=False``: find the folder it would be made in) and write a file
+    into it, or raise :class:`RunFolderError` naming it."""
     folder = Path(folder)
+    if not create:
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not folder.is_dir():
+            raise NotADirectoryError(20, "a file is in the way", str(folder))
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
         os.close(fd)
         os.unlink(probe)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config import config_to_dict
 from .checkpoint import load_checkpoint
+from .distributed import is_main_process
 
 __all__ = ["STAGED_CONFIG", "is_staged_run", "stage_dirs", "train_stages"]
 
@@ -46,7 +47,7 @@ def train_stages(cfg, out_dir, resume=None, log=print, **kwargs):
             out_dir = resume_root
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    if not (root / STAGED_CONFIG).exists():  # what --resume <run> reads back
+    if is_main_process() and not (root / STAGED_CONFIG).exists():  # what --resume <run> reads back
         import yaml
         with open(root / STAGED_CONFIG, "w") as f:
             yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)

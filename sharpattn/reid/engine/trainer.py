@@ -203,6 +203,8 @@ class Trainer(TrainState):
             return False
         n = max(1, acc["n"])
         rec = {"epoch": e, **scalars, "time_s": acc["time_s"], "steps": acc["n"]}
+        if self.train_set.skipped_in_epoch(e):  # images that broke after the dataset's check
+            rec["unreadable_images"] = self.train_set.skipped_in_epoch(e)
         rec.update({k: acc.get(k, 0.0) / n for k in recipe.stat_keys})
         rec.update(diag.summary())
         self.history.append(rec)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 
 import numpy as np
 
 from ..data import eval_loader
+from ..datasets import DatasetFormatError
+from ..datasets.check import SHOWN, UnreadableImageWarning
 from ..metrics import compute_distance_matrix, evaluate_cuhk03_classic, evaluate_rank, re_ranking
 from ..metrics.learned import metric_distances
 from .features import extract_features
@@ -15,11 +18,36 @@ __all__ = ["evaluate", "extract_query_gallery"]
 
 
 def extract_query_gallery(model, dataset, cfg, device, progress=True, ten_crop=None, amp_ctx=None):
-    """``((qf, qp, qc), (gf, gp, gc))``: features, identities and cameras of query and gallery."""
+    """``((qf, qp, qc), (gf, gp, gc))``: features, identities and cameras of query and gallery.
+
+    A query or gallery image that cannot be read (it broke after the check of
+    :func:`~sharpattn.reid.data.build_dataset`) is dropped from this evaluation and from
+    ``dataset.query`` / ``dataset.gallery`` themselves, so the features, the lists and the ranked
+    lists drawn from them stay aligned, with one warning naming the files.
+    """
     ten_crop = cfg.eval.ten_crop if ten_crop is None else ten_crop
+    out = []
     with amp_ctx if amp_ctx is not None else nullcontext():
-        return [extract_features(model, eval_loader(items, cfg, ten_crop), device, progress)
-                for items in (dataset.query, dataset.gallery)]
+        for split in ("query", "gallery"):
+            items, dropped = getattr(dataset, split), []
+            if not items:
+                raise DatasetFormatError(f"no {split} images to evaluate in {getattr(dataset, 'name', 'the dataset')}")
+            try:
+                out.append(extract_features(model, eval_loader(items, cfg, ten_crop), device, progress, dropped))
+            except OSError:
+                if len(dropped) < len(items):
+                    raise
+            if dropped:
+                shown = "; ".join(f"{p}: {r}" for _, p, r in dropped[:SHOWN])
+                more = f"; and {len(dropped) - SHOWN} more" if len(dropped) > SHOWN else ""
+                if len(dropped) >= len(items):
+                    raise DatasetFormatError(f"none of the {len(items)} {split} images can be read: {shown}{more}")
+                lost = {int(i) for i, _, _ in dropped}
+                setattr(dataset, split, [it for i, it in enumerate(items) if i not in lost])
+                warnings.warn(f"dropped {len(lost)} unreadable {split} image(s) from the evaluation (with their "
+                              f"identities and cameras; {len(items) - len(lost)} left): {shown}{more}",
+                              UnreadableImageWarning, stacklevel=2)
+    return out
 
 
 def evaluate(model, dataset, cfg, device, progress=True, ten_crop=None, rerank=None, amp_ctx=None,
