@@ -190,9 +190,9 @@ def _check_resume_changes(saved, cfg, args, folder, epoch):
     changes = config_changes(saved, cfg)
     if not args.allow_changes:
         refuse_changes(changes, folder)
-    if changes and is_main_process():
-        path = record_changes(folder, changes, epoch)
-        print(f"sharpattn-train: resuming with {len(changes)} config change(s), recorded in {path}", flush=True)
+    path = record_changes(folder, changes, epoch) if is_main_process() else None
+    if path is not None:
+        print(f"sharpattn-train: resuming with config changes, recorded in {path}", flush=True)
 
 
 def _is_main():

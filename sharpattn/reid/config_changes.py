@@ -27,6 +27,12 @@ FREE_ON_RESUME = ("optim.epochs", "name", "output_dir", "data.root", "data.worke
                   "train.pictures", "train.threads", "train.checkpoint_every", "model.weights")
 
 
+#: free keys that do not change what is computed either: not worth a line of history (so that
+#: resuming a finished run with, say, train.progress=false still changes no file)
+UNRECORDED = ("name", "output_dir", "data.workers", "train.progress", "train.pictures", "train.threads",
+              "model.weights")
+
+
 def _flatten(d, prefix=""):
     out = {}
     for k, v in d.items():
@@ -43,10 +49,12 @@ def _flatten(d, prefix=""):
     return out
 
 
+def _plain(key):
+    return key.split(".", 2)[2] if key.startswith("stages.") else key  # stages.<name>.<section>.<key>
+
+
 def _free(key):
-    if key.startswith("stages."):  # stages.<name>.<section>.<key>
-        key = key.split(".", 2)[2]
-    return key in FREE_ON_RESUME
+    return _plain(key) in FREE_ON_RESUME
 
 
 def config_changes(saved, cfg):
@@ -69,7 +77,9 @@ def refuse_changes(changes, run):
 
 
 def record_changes(folder, changes, epoch):
-    """Append ``changes`` to the run folder's history: they take effect at ``epoch`` (1-based)."""
+    """Append ``changes`` (but :data:`UNRECORDED` keys) to the run folder's history: they take
+    effect at ``epoch`` (1-based). Returns the file, or None when nothing was worth recording."""
+    changes = [c for c in changes if _plain(c[0]) not in UNRECORDED]
     if not changes:
         return None
     path = Path(folder) / HISTORY

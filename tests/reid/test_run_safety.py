@@ -251,3 +251,13 @@ def test_weights_that_turned_non_finite_are_named_before_the_evaluation(finished
     assert train_main(["--resume", str(run), "optim.epochs=2"]) == 2
     line = _one_line_error(capsys)
     assert "training diverged by the end of epoch 2" in line and key in line
+
+
+def test_resuming_a_finished_run_with_a_reporting_override_changes_no_file(finished, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, data in _snapshot(finished).items():
+        (run / name).write_bytes(data)
+    before = _snapshot(run)
+    assert train_main(["--resume", str(run), "train.progress=false", "data.workers=0"]) == 0
+    assert _snapshot(run) == before
