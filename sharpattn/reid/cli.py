@@ -107,7 +107,7 @@ def _print_table(results, out_root=None):
 def run_training(args):
     from .engine import TrainingInterrupted, train
     from .engine.links import RunLinks
-    from .engine.run_folder import check_writable, claim
+    from .engine.run_folder import check_can_write, claim
     from .engine.stages import STAGED_CONFIG, is_staged_run
 
     overrides = _shortcuts(args)
@@ -155,7 +155,7 @@ def run_training(args):
         for _, d, _ in jobs:  # before anything trains: no folder holds results, each can be written
             if not args.overwrite:
                 claim(d)
-            check_writable(d, create=False)
+            check_can_write(d, folder=True)
     if not args.resume:  # every run:NAME names a run trained before it, or nothing trains
         RunLinks.check([cfg for cfg, _, _ in jobs])
     links = RunLinks()

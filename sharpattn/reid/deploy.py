@@ -34,7 +34,7 @@ from .metrics import compute_distance_matrix
 from .modeling import build_model
 from .data.transforms import build_test_transform
 
-__all__ = ["Embedded", "check_writable", "embed_folder", "features_path", "list_images",
+__all__ = ["Embedded", "embed_folder", "features_path", "list_images",
            "load_inference_model", "order_by_distance", "rank", "same_files", "write_features", "write_ranking_csv"]
 
 EXTENSIONS = tuple(sorted(set(IMAGE_EXTENSIONS) | {".webp", ".tif", ".tiff"}))
@@ -198,23 +198,6 @@ def write_features(path, embedded: Embedded, **meta):
                  skipped=np.array([n for n, _ in embedded.skipped], dtype=str),
                  root=str(embedded.root), **{k: np.asarray(v) for k, v in meta.items()})
     return path
-
-
-def check_writable(path, folder=False):
-    """Raise OSError (one line, naming the folder in the way) when the file `path` (with
-    `folder`: the folder `path`) cannot be written: something on the way is a file, or the
-    nearest existing folder is not writable. Creates nothing; called before the slow work."""
-    path = Path(path).expanduser()
-    if not folder and path.is_dir():
-        raise OSError(f"cannot write {path}: it is a folder; name a file in it")
-    probe = path if folder else path.parent
-    while not os.path.lexists(probe) and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        what = "a file, not a folder" if probe.is_file() else "not a folder"
-        raise OSError(f"cannot write {path}: {'it' if probe == path else probe} is {what}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise OSError(f"cannot write {path}: the folder {probe} is not writable")
 
 
 def same_files(query: Embedded, gallery: Embedded) -> list[tuple[int, int]]:

@@ -87,13 +87,14 @@ def run_export(args):
 
     from ..export import ExportError, compare_exported_program, compare_onnx, describe_check
     from ..export import example_input, to_exported_program, to_onnx
-    from .deploy import check_writable, load_inference_model
+    from .deploy import load_inference_model
+    from .engine.run_folder import check_can_write
 
     fmt = args.format or FORMATS.get(Path(args.output).suffix.lower())
     if fmt is None:
         raise ExportError(f"cannot tell the format from {args.output!r}: use --format onnx|pt2 "
                           f"or a .onnx / .pt2 name")
-    check_writable(args.output)
+    check_can_write(args.output)
     model, cfg, ckpt = load_inference_model(args.checkpoint)
     height, width = _size(args, cfg)
     dynamic = args.static_batch is None
@@ -168,10 +169,11 @@ def _embedder(args):
 
 
 def run_embed(args):
-    from .deploy import check_writable, features_path, write_features
+    from .deploy import features_path, write_features
+    from .engine.run_folder import check_can_write
 
     target = features_path(args.output)
-    check_writable(target)
+    check_can_write(target)
     embed, _, meta = _embedder(args)
     result = embed(args.images)
     path = write_features(target, result, **meta)
@@ -204,12 +206,13 @@ def _search_parser():
 
 
 def run_search(args):
-    from .deploy import check_writable, order_by_distance, same_files, write_ranking_csv
+    from .deploy import order_by_distance, same_files, write_ranking_csv
+    from .engine.run_folder import check_can_write
     from .metrics import compute_distance_matrix, re_ranking
     from .report.visualize import plot_ranked_lists
 
     out = Path(args.output or f"search-{time.strftime('%Y%m%d-%H%M%S')}")
-    check_writable(out, folder=True)
+    check_can_write(out, folder=True)
     embed, cfg, _ = _embedder(args)
     query = embed(args.query)
     same_folder = Path(args.query).expanduser().resolve() == Path(args.gallery).expanduser().resolve()

@@ -5,7 +5,8 @@
 * :class:`RunLock` is held while a run writes: ``.lock`` holds the writer's pid and host, a
   second writer gets one clear line, and a lock left by a process that no longer runs on this
   host is taken over;
-* :func:`check_writable` and :func:`check_free_space` fail before a write, naming the folder.
+* :func:`check_writable`, :func:`check_can_write` (creates nothing) and :func:`check_free_space`
+  fail before a write, naming the folder.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 __all__ = ["LOCK_NAME", "RESULT_NAMES", "DiskSpaceError", "RunFolderError", "RunLock", "check_free_space",
-           "check_writable", "claim", "results_in"]
+           "check_can_write", "check_writable", "claim", "results_in"]
 
 LOCK_NAME = ".lock"
 #: what a run writes into its folder (engine/state.py, report/, stages.py); any of them there
@@ -123,23 +124,34 @@ class RunLock:
         return False
 
 
-def check_writable(folder, create=True):
-    """Create ``folder`` (``create=False``: find the folder it would be made in) and write a file
-    into it, or raise :class:`RunFolderError` naming it."""
+def check_writable(folder):
+    """Create ``folder`` and write a file into it, or raise :class:`RunFolderError` naming it."""
     folder = Path(folder)
-    if not create:
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
     try:
-        if create:
-            folder.mkdir(parents=True, exist_ok=True)
-        elif not folder.is_dir():
-            raise NotADirectoryError(20, "a file is in the way", str(folder))
+        folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         raise RunFolderError(f"cannot write into {folder}: {e.strerror or e}") from None
+
+
+def check_can_write(path, folder=False):
+    """Raise :class:`RunFolderError` (one line, naming what is in the way) when the file ``path``
+    (``folder``: the folder ``path``) could not be written: something on the way is a file, or
+    the nearest existing folder is not writable. Creates nothing: called before the slow work."""
+    path = Path(path).expanduser()
+    target = f"into {path}" if folder else str(path)
+    if not folder and path.is_dir():
+        raise RunFolderError(f"cannot write {path}: it is a folder; name a file in it")
+    probe = path if folder else path.parent
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "a file, not a folder" if probe.is_file() else "not a folder"
+        raise RunFolderError(f"cannot write {target}: {'it' if probe == path else probe} is {what}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunFolderError(f"cannot write {target}: the folder {probe} is not writable")
 
 
 def check_free_space(folder, needed_bytes, what):
