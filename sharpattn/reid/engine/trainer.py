@@ -256,8 +256,9 @@ class Trainer(TrainState):
 
     def _evaluate(self, last):
         cfg = self.cfg
-        broken = [k for k, t in self.raw_model.state_dict().items()
-                  if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        floats = {k: t for k, t in self.raw_model.state_dict().items() if t.is_floating_point()}
+        finite = torch.stack([torch.isfinite(t).all() for t in floats.values()]).tolist()  # one sync
+        broken = [k for k, ok in zip(floats, finite) if not ok]
         if broken:  # e.g. batch-norm running statistics overflowed while the training loss stayed finite
             raise TrainingDiverged(f"training diverged by the end of epoch {self.epoch + 1}: the model holds "
                                    f"non-finite values in {len(broken)} tensors ({', '.join(broken[:3])}); "
